@@ -1,0 +1,5 @@
+import sys
+
+from mint.cli import main
+
+sys.exit(main())

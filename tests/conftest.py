@@ -1,0 +1,131 @@
+"""Shared offline fixtures: a tiny Llama built from a config and a tokenizer trained
+in-process (with a chat template), plus a small Alpaca-style dataset in a temp folder."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# Keep tests light on the 2-core machines they run on.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_WORDS = (
+    "the a an of to in and is are was be for on with as by at from this that it answer "
+    "question write list sort number add subtract convert json name city country capital "
+    "what which how many one two three four five six seven eight nine ten hello world "
+    "please give short sentence summary translate reverse word letters apple banana"
+).split()
+
+
+def _training_corpus():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(400):
+        yield " ".join(rng.choice(_WORDS) for _ in range(12))
+    yield "0 1 2 3 4 5 6 7 8 9 { } [ ] : , . ? ! \" ' - + = ( )"
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE tokenizer trained in-process, with BOS/EOS/pad and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_training_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(vocab_size: int, seed: int = 0):
+    """A 2-layer Llama with hidden size 32, random weights from a fixed seed."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny model + tokenizer folder, loadable with from_pretrained(folder)."""
+    folder = tmp_path_factory.mktemp("tiny_model")
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model(len(tok))
+    model.config.bos_token_id = tok.bos_token_id
+    model.config.eos_token_id = tok.eos_token_id
+    model.config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def make_alpaca_records(n: int = 24):
+    """Deterministic Alpaca-style records with a few distinct families."""
+    records = []
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            records.append({"instruction": f"add {i} and {i + 1}", "input": "", "output": f"the answer is {2 * i + 1}"})
+        elif kind == 1:
+            records.append({"instruction": "reverse the word", "input": "apple" if i % 2 else "banana",
+                            "output": "elppa" if i % 2 else "ananab", "task": "reverse"})
+        else:
+            records.append({"instruction": "what is the capital of the country", "input": f"country {i}",
+                            "output": f"the capital is city {i}", "id": f"rec-{i}"})
+    return records
+
+
+@pytest.fixture()
+def alpaca_file(tmp_path) -> Path:
+    path = tmp_path / "data.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for r in make_alpaca_records():
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder not found at {SHARED_DATA}")
+    return SHARED_DATA
