@@ -84,10 +84,18 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    """An uncompressed .npz written atomically. numpy stamps zip entries with a fixed
-    date, so the same arrays give the same bytes."""
+    """An uncompressed .npz written atomically, byte-identical for identical arrays.
+
+    `numpy.savez` stamps each zip entry with the current time; here every entry gets a fixed
+    date so that the same seed gives the same bytes."""
+    import zipfile
+
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    with zipfile.ZipFile(buf, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
     return atomic_write_bytes(path, buf.getvalue())
 
 
