@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import MintError
+from .records import write_jsonl
 
 __all__ = [
     "export_subset",
@@ -41,20 +42,6 @@ WEIGHT_NOTE = (
     "--coreset ...` (per-example weighted loss), or tell your trainer to read the `weight` "
     "column (e.g. a custom loss or a sampler with probabilities proportional to `weight`)."
 )
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    try:  # the lead's shared writer, when present
-        from .records import write_jsonl
-    except ImportError:  # pragma: no cover - only before mint.records exists
-        import json
-
-        from ._io import atomic_write_text
-
-        text = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
-        atomic_write_text(path, text)
-        return
-    write_jsonl(path, records)
 
 
 def _json_weight(w: float, integral: bool) -> int | float:
@@ -154,7 +141,7 @@ def export_subset(
     if replaced:
         log.warning("input records already carry %s; the exported values replace them", sorted(replaced))
     path = Path(path)
-    _write_jsonl(path, out)
+    write_jsonl(path, out)
     return path
 
 
