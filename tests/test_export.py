@@ -53,3 +53,38 @@ def test_export_subset_rejects_bad_coresets(tmp_path, indices, weights, match):
     with pytest.raises(MintError, match=match):
         export_subset(make_alpaca_records(12), indices, weights, tmp_path / "x.jsonl")
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_export_coreset_writes_every_ratio_and_trainer_configs(tmp_path):
+    import yaml
+
+    from mint._io import atomic_save_npz
+    from mint.export import export_coreset
+
+    records = make_alpaca_records(20)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    sel = tmp_path / "select"
+    atomic_save_npz(sel / "coreset_0.10.npz", indices=np.array([4, 9]), weights=np.array([12, 8]))
+    atomic_save_npz(sel / "coreset_0.20.npz", indices=np.array([4, 9, 1, 17]), weights=np.array([6, 5, 5, 4]))
+    out = export_coreset(data, sel, tmp_path / "exp")
+    assert sorted(out) == [0.1, 0.2]
+    back, idx, w = read_export(out[0.2]["records"])
+    assert back == [records[i] for i in (4, 9, 1, 17)] and w.tolist() == [6, 5, 5, 4]
+    msgs, idx2, _ = read_export(out[0.2]["messages"])
+    assert idx2.tolist() == [4, 9, 1, 17] and msgs[0]["messages"] == to_messages(records[4])
+    info = json.loads((tmp_path / "exp" / "dataset_info.json").read_text())
+    assert info["mint_coreset_0.10"]["file_name"] == "coreset_0.10.messages.jsonl"
+    assert info["mint_coreset_0.10_alpaca"]["columns"]["prompt"] == "instruction"
+    for entry in info.values():
+        assert (tmp_path / "exp" / entry["file_name"]).is_file()
+    stanza = yaml.safe_load((tmp_path / "exp" / "axolotl_datasets.yaml").read_text())
+    assert [s["path"] for s in stanza["datasets"]] == [str(out[r]["messages"].resolve()) for r in (0.1, 0.2)]
+    assert "ignore the `weight` field" in (tmp_path / "exp" / "EXPORTS.md").read_text()
+
+    with pytest.raises(MintError, match="no coreset for ratio"):
+        export_coreset(data, sel, tmp_path / "exp2", ratios=[0.3])
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(json.dumps(r) + "\n" for r in records[:10]))
+    with pytest.raises(MintError, match="exceeds the dataset of 10 records"):
+        export_coreset(small, sel, tmp_path / "exp3")

@@ -28,6 +28,11 @@ __all__ = [
     "to_messages",
     "record_schema",
     "read_export",
+    "export_coreset",
+    "find_coresets",
+    "load_coreset",
+    "llamafactory_entry",
+    "axolotl_stanza",
     "WEIGHT_NOTE",
 ]
 
@@ -164,3 +169,158 @@ def read_export(path: str | os.PathLike) -> tuple[list[dict], np.ndarray, np.nda
             idx.append(int(row.pop("source_index")))
             records.append(row)
     return records, np.asarray(idx, dtype=np.int64), np.asarray(w, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole selection folders: every ratio, plus trainer configs
+
+
+def llamafactory_entry(file_name: str, schema: str) -> dict[str, Any]:
+    """A LLaMA-Factory `dataset_info.json` entry for an exported file (path relative to the
+    folder given as LLaMA-Factory's `dataset_dir`)."""
+    if schema == "alpaca":
+        return {"file_name": file_name, "columns": {"prompt": "instruction", "query": "input", "response": "output"}}
+    if schema == "messages":
+        return {
+            "file_name": file_name,
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages"},
+            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                     "assistant_tag": "assistant", "system_tag": "system"},
+        }
+    raise MintError(f"no LLaMA-Factory entry for schema {schema!r}; export the messages variant")
+
+
+def axolotl_stanza(path: str | os.PathLike, schema: str) -> dict[str, Any]:
+    """One item of an axolotl `datasets:` list for an exported JSONL file."""
+    if schema == "alpaca":
+        return {"path": str(path), "ds_type": "json", "type": "alpaca"}
+    if schema == "messages":
+        return {"path": str(path), "ds_type": "json", "type": "chat_template", "field_messages": "messages",
+                "message_property_mappings": {"role": "role", "content": "content"}}
+    raise MintError(f"no axolotl stanza for schema {schema!r}; export the messages variant")
+
+
+def _ratio_of(path: Path) -> float | None:
+    stem = path.stem  # coreset_0.05
+    try:
+        return float(stem.split("_", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def find_coresets(selection_dir: str | os.PathLike) -> dict[float, Path]:
+    """ratio -> coreset_{ratio:.2f}.npz in a selection folder (as `mint select` writes it)."""
+    folder = Path(selection_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"selection folder not found: {folder}")
+    found = {r: p for p in sorted(folder.glob("coreset_*.npz")) if (r := _ratio_of(p)) is not None}
+    if not found:
+        raise MintError(f"{folder} holds no coreset_*.npz files; run `mint select` with --output_dir {folder}")
+    return found
+
+
+def load_coreset(path: str | os.PathLike, n_records: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, weights) of a coreset .npz, checked against the dataset size when given."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            indices, weights = np.asarray(z["indices"], dtype=np.int64), np.asarray(z["weights"], dtype=np.float64)
+    except (KeyError, ValueError, OSError) as e:
+        raise MintError(f"{path}: not a coreset file with arrays `indices` and `weights` ({e})") from e
+    if n_records is not None and indices.size and indices.max() >= n_records:
+        raise MintError(
+            f"{path}: index {int(indices.max())} exceeds the dataset of {n_records} records; the coreset was "
+            "selected from a different data file"
+        )
+    return indices, weights
+
+
+def _check_selection_matches(selection_dir: Path, data_path: Path, n_records: int) -> None:
+    """Refuse a selection made on another dataset when its summary says so."""
+    from ._io import read_json, sha256_file
+
+    summary_path = selection_dir / "summary.json"
+    if not summary_path.is_file():
+        return
+    summary = read_json(summary_path)
+    n = summary.get("N", summary.get("n"))
+    if isinstance(n, int) and n != n_records:
+        raise MintError(
+            f"{summary_path} says the selection was made over {n} examples but {data_path} holds {n_records} "
+            "records; pass the data file the features were computed from"
+        )
+    recorded = summary.get("data_sha256")
+    if isinstance(recorded, str) and recorded != sha256_file(data_path):
+        raise MintError(f"{data_path} differs from the data file recorded in {summary_path} (sha256 mismatch); "
+                        "pass the file the selection was made from")
+
+
+def export_coreset(
+    data_path: str | os.PathLike,
+    selection_dir: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    ratios: Sequence[float] | None = None,
+    name: str = "mint_coreset",
+) -> dict[float, dict[str, Path]]:
+    """Export every coreset of a selection folder (or the given ratios) to `output_dir`
+    (default: the selection folder): per ratio `coreset_{r:.2f}.jsonl` (own schema + weight +
+    source_index) and `coreset_{r:.2f}.messages.jsonl`, plus `dataset_info.json` (LLaMA-Factory),
+    `axolotl_datasets.yaml` and `EXPORTS.md` for all of them. Returns ratio -> {kind: path}."""
+    import yaml
+
+    from ._io import atomic_write_json, atomic_write_text
+    from .records import read_records
+
+    data_path, selection_dir = Path(data_path), Path(selection_dir)
+    out_dir = Path(output_dir) if output_dir is not None else selection_dir
+    records = read_records(data_path)
+    _check_selection_matches(selection_dir, data_path, len(records))
+    schema = record_schema(records[0], f"{data_path}, record 0")
+    found = find_coresets(selection_dir)
+    if ratios is not None:
+        missing = [r for r in ratios if not any(abs(r - f) < 5e-3 for f in found)]
+        if missing:
+            raise MintError(f"no coreset for ratio(s) {missing} in {selection_dir}; available: {sorted(found)}")
+        found = {f: p for f, p in found.items() if any(abs(r - f) < 5e-3 for r in ratios)}
+
+    result: dict[float, dict[str, Path]] = {}
+    info: dict[str, Any] = {}
+    stanzas: list[dict[str, Any]] = []
+    for ratio, npz in sorted(found.items()):
+        indices, weights = load_coreset(npz, len(records))
+        tag = f"{ratio:.2f}"
+        own = export_subset(records, indices, weights, out_dir / f"coreset_{tag}.jsonl")
+        msgs = export_subset(records, indices, weights, out_dir / f"coreset_{tag}.messages.jsonl", schema="messages")
+        result[ratio] = {"records": own, "messages": msgs}
+        info[f"{name}_{tag}"] = llamafactory_entry(msgs.name, "messages")
+        stanzas.append(axolotl_stanza(msgs.resolve(), "messages"))
+        if schema == "alpaca":
+            info[f"{name}_{tag}_alpaca"] = llamafactory_entry(own.name, "alpaca")
+    atomic_write_json(out_dir / "dataset_info.json", info)
+    header = "# axolotl `datasets:` stanza for the exported coresets (pick one item per run).\n"
+    header += "# " + WEIGHT_NOTE.replace("`", "") + "\n"
+    atomic_write_text(out_dir / "axolotl_datasets.yaml", header + yaml.safe_dump({"datasets": stanzas}, sort_keys=False))
+    atomic_write_text(out_dir / "EXPORTS.md", _exports_readme(out_dir, name, sorted(result), schema))
+    return result
+
+
+def _exports_readme(out_dir: Path, name: str, ratios: list[float], schema: str) -> str:
+    lines = [
+        "# Exported coresets", "",
+        f"Input schema: {schema}. Per ratio:", "",
+        "- `coreset_R.jsonl`: the selected records in the input's own schema, with `weight` and "
+        "`source_index` (0-based position in the input file) added;",
+        "- `coreset_R.messages.jsonl`: the same as OpenAI-style `messages`, with `weight` and `source_index`.", "",
+        f"Ratios: {', '.join(f'{r:.2f}' for r in ratios)}.", "",
+        "## Weights", "", WEIGHT_NOTE, "",
+        "## LLaMA-Factory", "",
+        f"`dataset_info.json` holds one entry per ratio (`{name}_R`, chat format"
+        + (f"; `{name}_R_alpaca`, Alpaca columns" if schema == "alpaca" else "")
+        + f"). Use `dataset_dir: {out_dir}` and `dataset: {name}_{ratios[0]:.2f}`.", "",
+        "## axolotl", "",
+        "`axolotl_datasets.yaml` holds a `datasets:` list with one item per ratio; copy the item you want "
+        "into your axolotl config.", "",
+    ]
+    return "\n".join(lines)
