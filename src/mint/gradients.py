@@ -190,3 +190,178 @@ def shard_features(model, tokenized, *, collector, preconditioner, projector, ba
         out[f"sft_{key}"] = np.ascontiguousarray(arr[:m])
         out[f"pt_{key}"] = np.ascontiguousarray(arr[m:])
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole step: data + model + warm-up adapter -> feature store
+
+
+def _distributed():
+    """(rank, world_size, torch.distributed or None); initialises the process group when the
+    process was started by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        # ranks wait for each other at the merge; shards can take hours on big data sets
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=12))
+    return dist.get_rank(), dist.get_world_size(), dist
+
+
+def _adapter_dir(warmup_dir: Path) -> Path:
+    for candidate in (warmup_dir / "adapter", warmup_dir):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise MintError(f"{warmup_dir} holds no LoRA adapter (no adapter_config.json in it or in adapter/); "
+                    "pass the output folder of `mint warmup`")
+
+
+def _adapter_hash(adapter_dir: Path) -> str:
+    from ._io import sha256_file
+
+    files = sorted(adapter_dir.glob("adapter_model.*"))
+    if not files:
+        raise MintError(f"{adapter_dir} has no adapter_model.safetensors/.bin; the warm-up did not finish")
+    return sha256_file(files[0])
+
+
+def _adam_state(warmup_dir: Path, keys: list[str]) -> dict:
+    """Flattened exp_avg / exp_avg_sq in the order of `keys`, with betas, eps and step."""
+    from .warmup import load_warmup_state
+
+    state = load_warmup_state(warmup_dir)
+    exp_avg, exp_avg_sq = state.get("exp_avg"), state.get("exp_avg_sq")
+    if not exp_avg or not exp_avg_sq:
+        raise MintError(f"{warmup_dir} has no optimizer state (exp_avg, exp_avg_sq), which grad_type 'adam' "
+                        "needs; rerun `mint warmup` (it saves the state) or use --grad_type sgd")
+    missing = [k for k in keys if k not in exp_avg or k not in exp_avg_sq]
+    if missing:
+        raise MintError(f"{warmup_dir}: the optimizer state has no entry for {missing[:3]} (it belongs to "
+                        "another adapter); rerun `mint warmup`")
+    m = torch.cat([torch.as_tensor(exp_avg[k]).float().flatten() for k in keys])
+    v = torch.cat([torch.as_tensor(exp_avg_sq[k]).float().flatten() for k in keys])
+    return {"exp_avg": m, "exp_avg_sq": v, "betas": [float(b) for b in state["betas"]],
+            "eps": float(state["eps"]), "step": int(state.get("step", 0))}
+
+
+def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, proj_dim=8192,
+                     grad_type: str = "adam", batch_size: int = 8, max_length: int = 512, seed: int = 0,
+                     template: str = "auto", schema: str = "auto", projection: str = "rademacher",
+                     shard_size: int = 64, device: str = "auto", cache_bytes: int = 1 << 30,
+                     overwrite: bool = False, progress: bool = True) -> Path:
+    """Gradient features (SFT, PT, IFL) of every example of `data_path` into the store
+    `output_dir` (see `mint.store`); returns `output_dir`. Resumes an interrupted run.
+
+    proj_dim: an int, a list of ints (all from one pass), or None for raw gradients.
+    grad_type: adam (warm-up AdamW state, DESIGN section 2), sgd or sign.
+    batch_size: examples per forward/backward pass (results do not depend on it beyond float
+    rounding). shard_size: examples per resumable shard, also the number of examples projected
+    together (2 * shard_size rows per projection call). cache_bytes: memory for projection tiles.
+    Under `torchrun`, each rank computes a contiguous range of shards and rank 0 merges."""
+    from ._io import sha256_file
+    from .data import collate_ids, dataset_fingerprint, load_examples, tokenize_examples
+    from .modeling import lora_named_parameters, load_lora, load_model_and_tokenizer
+    from .projection import make_projector
+    from .store import FeatureStore
+
+    if grad_type not in GRAD_TYPES:
+        raise MintError(f"unknown grad_type {grad_type!r}; use one of {', '.join(GRAD_TYPES)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise MintError(f"batch_size must be a positive integer, got {batch_size!r}")
+    data_path, warmup_dir, output_dir = Path(data_path), Path(warmup_dir), Path(output_dir)
+    if not data_path.is_file():
+        raise MintError(f"data file {data_path} not found")
+    rank, world, dist = _distributed()
+    if device == "auto" and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+
+    examples = load_examples(data_path, schema=schema)
+    model, tokenizer = load_model_and_tokenizer(model_name_or_dir, device=device)
+    adapter_dir = _adapter_dir(warmup_dir)
+    model = load_lora(model, adapter_dir, trainable=True)
+    model.eval()  # no dropout: features must be deterministic
+    keys = [k for k, _ in lora_named_parameters(model)]
+    collector = LoraGradCollector(model)
+    if len(keys) != len(collector.names):
+        raise MintError("the model has trainable parameters besides the LoRA weights; load a plain LoRA adapter")
+    optimizer = _adam_state(warmup_dir, keys) if grad_type == "adam" else None
+    model_device = next(model.parameters()).device
+    adam = {k: optimizer[k] for k in ("exp_avg", "exp_avg_sq", "betas", "eps")} if optimizer else {}
+    preconditioner = Preconditioner(grad_type, device=model_device, **adam)
+
+    render = {"schema": examples[0].schema, "template": template, "max_length": max_length}
+    tokenized = tokenize_examples(examples, tokenizer, max_length=max_length, template=template)
+    projector = make_projector(collector.grad_dim, proj_dim, seed, kind=projection, device=model_device,
+                               cache_bytes=cache_bytes)
+    settings = {
+        "data_fingerprint": dataset_fingerprint(data_path, render),
+        "data_sha256": sha256_file(data_path),
+        "render": render,
+        "model": str(model_name_or_dir),
+        "adapter_hash": _adapter_hash(adapter_dir),
+        "grad_type": grad_type,
+        "optimizer": {k: optimizer[k] for k in ("betas", "eps", "step")} if optimizer else None,
+        "projection": projector.describe(),
+        "proj_dims": list(projector.keys),
+        "seed": seed,
+        "param_keys_sha256": _keys_hash(keys),
+        "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+    }
+    info = {"data_path": str(data_path), "warmup_dir": str(warmup_dir), "batch_size": batch_size,
+            "world_size": world, "device": str(model_device), "grad_dim": collector.grad_dim}
+    store = FeatureStore(output_dir, n=len(tokenized), dims=list(projector.keys), shard_size=shard_size,
+                         settings=settings, info=info)
+    if store.is_complete() and not overwrite:
+        store.prepare()  # refuses a complete store made with other settings
+        log.info("%s already holds complete features for these settings; nothing to do", output_dir)
+        return output_dir
+    if rank == 0:
+        store.prepare(overwrite=overwrite)
+    if dist is not None:
+        dist.barrier()
+
+    mine = range(rank * store.num_shards // world, (rank + 1) * store.num_shards // world)
+    todo = [k for k in mine if not store.shard_done(k)]
+    n_todo = sum(store.shard_range(k)[1] - store.shard_range(k)[0] for k in todo)
+    if len(todo) < len(mine):
+        log.info("rank %d: resuming, %d of %d shards already done", rank, len(mine) - len(todo), len(mine))
+    from tqdm.auto import tqdm
+
+    ids = collate_ids(tokenizer)
+    started = time.perf_counter()
+    with tqdm(total=n_todo, unit="ex", desc=f"grads[{rank}]" if world > 1 else "grads",
+              disable=not progress or rank != 0) as bar:
+        for k in todo:
+            start, end = store.shard_range(k)
+            rows = shard_features(model, tokenized[start:end], collector=collector, preconditioner=preconditioner,
+                                  projector=projector, batch_size=batch_size, on_batch=bar.update, **ids)
+            store.write_shard(k, rows)
+            if os.environ.get(_CRASH_ENV) == str(k):
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)
+    elapsed = time.perf_counter() - started
+    if dist is not None:
+        dist.barrier()
+    if rank == 0:
+        store.merge()
+    if dist is not None:
+        dist.barrier()
+    rate = n_todo / elapsed if elapsed > 0 else float("nan")
+    log.info("rank %d: %d examples in %.1f s (%.2f examples/s), grad_dim %d, grad_type %s, dims %s",
+             rank, n_todo, elapsed, rate, collector.grad_dim, grad_type, ", ".join(map(str, projector.keys)))
+    if rank == 0:
+        log.info("features of %d examples (sft, pt, ifl; raw and normalised) written to %s", len(tokenized), output_dir)
+    return output_dir
+
+
+def _keys_hash(keys: list[str]) -> str:
+    from ._io import sha256_bytes
+
+    return sha256_bytes("\n".join(keys).encode("utf-8"))
