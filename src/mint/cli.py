@@ -52,7 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         # `mint` alone runs the offline demo, the same as `mint run` with no arguments.
         argv = ["run"] if "run" in COMMANDS else ["--help"]
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Only commands that declare `extra_args` (e.g. `run`, whose dotted config keys are
+        # checked by mint.config with a "did you mean" hint) accept arguments argparse does not know.
+        if not hasattr(args, "extra_args"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.extra_args = extra
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

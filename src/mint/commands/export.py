@@ -1,0 +1,29 @@
+"""`mint export`: coresets as JSONL records with weights, chat messages, LLaMA-Factory and axolotl entries."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "export the coresets of a selection folder for other trainers (JSONL, messages, LLaMA-Factory, axolotl)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("LLaMA-Factory and axolotl ignore the `weight` field unless told to use it; "
+                     "`mint train --coreset` applies the weights.")
+    parser.add_argument("--data", required=True, help="the data file the selection was made from")
+    parser.add_argument("--selection", required=True, metavar="DIR",
+                        help="output folder of `mint select` (holds coreset_R.npz)")
+    parser.add_argument("--output_dir", help="where to write the exports (default: the selection folder)")
+    parser.add_argument("--ratios", type=float, nargs="+", help="only these ratios (default: all)")
+    parser.add_argument("--name", default="mint_coreset", help="dataset name prefix for LLaMA-Factory entries")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mint.export import export_coreset
+
+    out = export_coreset(args.data, args.selection, args.output_dir, ratios=args.ratios, name=args.name)
+    for ratio, paths in sorted(out.items()):
+        print(f"ratio {ratio:.2f}: {paths['records']}  {paths['messages']}")
+    folder = next(iter(out.values()))["records"].parent
+    print(f"LLaMA-Factory: {folder / 'dataset_info.json'}; axolotl: {folder / 'axolotl_datasets.yaml'}; "
+          f"notes: {folder / 'EXPORTS.md'}")
+    return 0
