@@ -203,7 +203,7 @@ def train_lora(
     weights: Sequence[float] | np.ndarray | None = None,
     weighting: str = "loss",
     epochs: float = 1.0,
-    lr: float = 2e-4,
+    lr: float = 2e-5,
     batch_size: int = 8,
     grad_accum: int = 1,
     lora=None,
