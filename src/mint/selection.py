@@ -1,0 +1,610 @@
+"""MINT coreset selection: `select_coreset` (pure: arrays in, a frozen result out) and
+`run_selection` (the library function behind `mint select`, which reads features from a folder
+and writes every output).
+
+Stages of `select_coreset` for method "mint" with automatic alpha (shared/DESIGN.md section 3):
+1. pre-sample `n_pre` rows, compute the PT and IFL distances among them once;
+2. choose alpha on the pre-sample (grid scan + plateau, or golden-section search);
+3. on all N rows, build `D_a` block by block (one N x N matrix), `S = max(D_a) - D_a` in place,
+   lazy greedy for the largest ratio; smaller ratios are prefixes of its order;
+4. weights per ratio, and `E_PT`, `E_IFL` of every subset on all N rows.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from . import alpha as alpha_mod
+from .distances import (
+    DEFAULT_BLOCK,
+    Combination,
+    alpha_combination,
+    coef_combination,
+    combined_distances,
+    cross_distances,
+    pairwise_distances,
+)
+from .errors import MintError
+from .facility import lazy_greedy, prefix_weights, similarity_from_distance
+
+__all__ = ["Subset", "SelectionResult", "select_coreset", "run_selection", "estimate_memory"]
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("mint", "craig", "random", "pt", "ifl")
+ALPHA_METHODS = ("plateau", "plateau_scaled", "golden")
+KINDS = ("sft", "pt", "ifl")
+# The baselines as fixed coefficients (c_sft, c_pt, c_ifl) on the same facility-location engine.
+BASELINE_COEF = {"craig": (1.0, 0.0, 0.0), "pt": (0.0, 1.0, 0.0), "ifl": (0.0, 0.0, 1.0)}
+
+
+@dataclass(frozen=True)
+class Subset:
+    """One coreset: `indices` (int64, greedy order) into the N rows and their `weights`
+    (float64, summing to N)."""
+
+    indices: np.ndarray
+    weights: np.ndarray
+    ratio: float = 0.0
+    e_pt: float | None = None  # sum_i min_{j in T} d_PT(i, j) over all N rows
+    e_ifl: float | None = None
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    method: str
+    alpha: float | None
+    alpha_method: str | None
+    coef: tuple[float, float, float] | None
+    order: np.ndarray  # int64 greedy order for the largest ratio
+    gains: np.ndarray  # float64 gain of each step (NaN for random)
+    subsets: dict  # ratio -> Subset
+    curve: alpha_mod.AlphaCurve | None
+    n: int
+    seed: int
+    settings: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_features(features: Mapping[str, np.ndarray], needed: Sequence[str], method: str) -> int:
+    if not isinstance(features, Mapping):
+        raise MintError("features must be a dict like {'sft': F_sft, 'pt': F_pt, 'ifl': F_ifl} of (N, D) arrays")
+    unknown = [k for k in features if k not in KINDS]
+    if unknown:
+        raise MintError(f"unknown feature kind(s) {unknown}; expected keys among {list(KINDS)}")
+    missing = [k for k in needed if k not in features or features[k] is None]
+    if missing:
+        raise MintError(
+            f"method {method!r} needs feature kind(s) {missing} but only {sorted(k for k in features if features[k] is not None)} "
+            "were given; compute them with `mint grads`, or choose a method that uses the kinds you have"
+        )
+    sizes = {}
+    for kind, X in features.items():
+        if X is None:
+            continue
+        shape = np.shape(X)
+        if len(shape) != 2:
+            raise MintError(f"features[{kind!r}] must be a 2-D (N, D) array, got shape {shape}")
+        sizes[kind] = shape[0]
+    if not sizes:
+        raise MintError("no feature arrays given")
+    if len(set(sizes.values())) > 1:
+        raise MintError(f"feature arrays have different numbers of rows {sizes}; they must describe the same N examples")
+    n = next(iter(sizes.values()))
+    if n < 2:
+        raise MintError(f"need at least 2 examples to select from, got N={n}")
+    for kind, X in features.items():
+        if X is None:
+            continue
+        bad = _nonfinite_rows(X)
+        if len(bad):
+            shown = ", ".join(str(i) for i in bad[:10]) + (" ..." if len(bad) > 10 else "")
+            raise MintError(
+                f"features[{kind!r}] has {len(bad)} row(s) with NaN or inf values (rows {shown}); "
+                "recompute those examples' gradients (a diverged warm-up is the usual cause) or drop them"
+            )
+    return n
+
+
+def _nonfinite_rows(X, chunk: int = 4096) -> np.ndarray:
+    bad = []
+    for s in range(0, X.shape[0], chunk):
+        ok = np.isfinite(np.asarray(X[s : s + chunk])).all(axis=1)
+        bad.extend((np.flatnonzero(~ok) + s).tolist())
+    return np.array(bad, dtype=np.int64)
+
+
+def _check_ratios(ratios) -> list[float]:
+    if ratios is None or np.ndim(ratios) == 0:
+        ratios = [ratios]
+    out = []
+    for r in ratios:
+        try:
+            r = float(r)
+        except (TypeError, ValueError) as e:
+            raise MintError(f"ratio {r!r} is not a number; give fractions of the dataset such as 0.05 0.1") from e
+        if not (math.isfinite(r) and 0 < r <= 1):
+            raise MintError(f"ratio {r} is outside (0, 1]; give fractions of the dataset such as 0.05 0.1 0.15")
+        out.append(r)
+    if not out:
+        raise MintError("no ratios given; give at least one, e.g. ratios=[0.05]")
+    return sorted(set(out))
+
+
+def _check_settings(method, alpha, alpha_method, coef, preheat_ratio, dtype):
+    if method not in METHODS:
+        raise MintError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if alpha_method not in ALPHA_METHODS:
+        raise MintError(f"unknown alpha_method {alpha_method!r}; choose one of {', '.join(ALPHA_METHODS)}")
+    if method != "mint" and (alpha is not None or coef is not None):
+        raise MintError(f"alpha and coef apply only to method 'mint', not {method!r}; drop them or use method='mint'")
+    if alpha is not None and coef is not None:
+        raise MintError("give either alpha or coef, not both")
+    if alpha is not None:
+        try:
+            a = float(alpha)
+        except (TypeError, ValueError) as e:
+            raise MintError(f"alpha {alpha!r} is not a number") from e
+        if not (math.isfinite(a) and 0 < a < 1):
+            raise MintError(
+                f"alpha must lie strictly between 0 and 1, got {alpha}; leave it unset for the automatic search"
+            )
+    if coef is not None:
+        try:
+            c = tuple(float(x) for x in coef)
+        except (TypeError, ValueError) as e:
+            raise MintError(f"coef {coef!r} must be three numbers (c_sft, c_pt, c_ifl)") from e
+        if len(c) != 3:
+            raise MintError(f"coef must be three numbers (c_sft, c_pt, c_ifl), got {len(c)}")
+        if any(not math.isfinite(x) or x < 0 for x in c):
+            raise MintError(f"coefficients must be finite and >= 0, got {c}")
+        if not any(c):
+            raise MintError("coefficients are all 0; at least one of c_sft, c_pt, c_ifl must be positive")
+    if not (isinstance(preheat_ratio, (int, float)) and 0 < preheat_ratio <= 1):
+        raise MintError(f"preheat_ratio must be in (0, 1], got {preheat_ratio!r}")
+    if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise MintError(f"dtype must be float32 or float64, got {dtype!r}")
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def estimate_memory(n: int, d: int, *, n_pre: int, n_kinds: int, auto: bool, n_jobs: int, itemsize: int,
+                    feature_itemsize: int = 4, block: int = DEFAULT_BLOCK) -> dict:
+    """Peak bytes of each stage, beyond the caller's own feature arrays."""
+    cast = 0 if itemsize == feature_itemsize else n * d * itemsize * n_kinds  # features cast to dtype
+    blocks = (n_kinds + 3) * min(block, n) ** 2 * 8
+    pre = 0
+    if auto:
+        pre = (2 + n_jobs) * n_pre * n_pre * itemsize + 2 * n_pre * d * itemsize + blocks
+    full = n * n * itemsize + cast + blocks + 64 * n * 8
+    return {"pre_sample": pre, "full": full, "peak": max(pre, full)}
+
+
+def _check_memory(est: dict, limit_bytes: int | None, dtype, auto: bool, n: int) -> None:
+    gib = 1 << 30
+    logger.info(
+        "memory estimate: pre-sample stage %.2f GiB, full stage %.2f GiB (one %d x %d %s matrix), peak %.2f GiB",
+        est["pre_sample"] / gib, est["full"] / gib, n, n, np.dtype(dtype).name, est["peak"] / gib,
+    )
+    if limit_bytes is None:
+        return
+    if est["peak"] <= limit_bytes:
+        return
+    hints = []
+    if np.dtype(dtype) == np.float64:
+        hints.append("use dtype float32 (`--dtype float32`), which halves every matrix")
+    if auto and est["pre_sample"] >= est["full"]:
+        hints.append("lower `--preheat_ratio` or use `--n_jobs 1`")
+    hints.append("run on a machine with more memory, or raise the limit with `--max_memory_gb` if you know better")
+    raise MintError(
+        f"selection needs about {est['peak'] / gib:.1f} GiB but only {limit_bytes / gib:.1f} GiB is available; "
+        + "; ".join(hints)
+    )
+
+
+# ----------------------------------------------------------------------------- the core
+
+
+def _errors_along(features, order: np.ndarray, ks: list[int], dtype, block: int) -> dict[str, dict[int, float]]:
+    """`E_K(order[:k]) = sum_i min_{j in order[:k]} d_K(i, j)` on all rows, for K in PT/IFL
+    and every k, in one pass over column blocks of the order."""
+    out: dict[str, dict[int, float]] = {}
+    bounds = sorted(set(range(0, max(ks), block)) | set(ks) | {0})
+    for kind in ("pt", "ifl"):
+        if kind not in features or features[kind] is None:
+            continue
+        X = features[kind]
+        n = X.shape[0]
+        best = np.full(n, np.inf, dtype=dtype)
+        out[kind] = {}
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            cols = order[s:e]
+            d = cross_distances(X, np.asarray(X[cols]), dtype=dtype, block=block)
+            d[cols, np.arange(len(cols))] = 0  # self-distance exactly 0, as in the N x N matrices
+            np.minimum(best, d.min(axis=1), out=best)
+            if e in ks:
+                out[kind][e] = float(best.sum(dtype=np.float64))
+    return out
+
+
+def _choose_alpha(features, n, r_max, *, alpha_method, preheat_ratio, seed, dtype, n_jobs, plateau_min_alpha,
+                  golden_tol, golden_max_iter, block, progress):
+    n_pre = max(2, int(round(preheat_ratio * n)))
+    n_pre = min(n_pre, n)
+    k_pre = max(1, int(round(r_max * n_pre)))
+    pre = np.random.default_rng(seed).choice(n, n_pre, replace=False)
+    d_pt = pairwise_distances(np.asarray(features["pt"][pre]), dtype=dtype, block=block)
+    d_ifl = pairwise_distances(np.asarray(features["ifl"][pre]), dtype=dtype, block=block)
+    if alpha_method == "golden":
+        evaluated = {}
+        buf = np.empty_like(d_pt)
+
+        def total_error(a: float) -> float:
+            e_pt, e_ifl, _ = alpha_mod.evaluate_alpha(d_pt, d_ifl, a, k_pre, buf)
+            evaluated[a] = (e_pt, e_ifl)
+            return e_pt + e_ifl
+
+        chosen, _ = alpha_mod.golden_search(total_error, tol=golden_tol, max_iter=golden_max_iter)
+        alphas = np.array(sorted(evaluated))
+        curve = alpha_mod.AlphaCurve(
+            alpha=alphas, e_pt=np.array([evaluated[a][0] for a in alphas]), e_ifl=np.array([evaluated[a][1] for a in alphas]),
+            method="golden", chosen=float(chosen), reason="minimum of E_PT + E_IFL found by golden-section search",
+            n_pre=n_pre, k_pre=k_pre,
+        )
+        return float(chosen), curve
+    alphas = alpha_mod.alpha_grid()
+    e_pt, e_ifl = alpha_mod.scan_alphas(d_pt, d_ifl, alphas, k_pre, n_jobs=n_jobs, progress=progress)
+    plateau = alpha_mod.detect_plateau(alphas, e_ifl, scaled=alpha_method == "plateau_scaled", min_alpha=plateau_min_alpha)
+    chosen = float(alphas[plateau.index])
+    curve = alpha_mod.AlphaCurve(
+        alpha=alphas, e_pt=e_pt, e_ifl=e_ifl, method=alpha_method, chosen=chosen, sigma=plateau.sigma,
+        diffs=plateau.diffs, plateau_starts=plateau.starts, reason=plateau.reason, n_pre=n_pre, k_pre=k_pre,
+    )
+    return chosen, curve
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+def select_coreset(
+    features: Mapping[str, np.ndarray],
+    ratios: Sequence[float] = (0.05, 0.1, 0.15),
+    method: str = "mint",
+    alpha: float | None = None,
+    alpha_method: str = "plateau",
+    coef: Sequence[float] | None = None,
+    preheat_ratio: float = 0.3,
+    seed: int = 0,
+    *,
+    dtype: str = "float32",
+    n_jobs: int | None = None,
+    plateau_min_alpha: float = alpha_mod.PLATEAU_MIN_ALPHA,
+    golden_tol: float = 1e-3,
+    golden_max_iter: int = 40,
+    compute_errors: bool = True,
+    max_memory_gb: float | None = None,
+    block: int = DEFAULT_BLOCK,
+    progress: bool = True,
+) -> SelectionResult:
+    """Select weighted coresets for every ratio (see the module docstring and issue 2).
+
+    features: {"sft", "pt", "ifl"} -> (N, D) arrays with L2-normalised rows ("sft" may be absent
+      when unused). method: "mint" | "craig" (SFT only) | "random" | "pt" | "ifl".
+    alpha: manual alpha in (0, 1); None with coef None = automatic (`alpha_method`).
+    coef: (c_sft, c_pt, c_ifl) >= 0, not all 0, instead of alpha.
+    dtype: distance precision; float32 is fast, float64 matches a plain float64 implementation.
+    n_jobs: worker processes for the alpha scan (None: every available core).
+    max_memory_gb: refuse when the estimate exceeds it (None: the memory available now).
+    """
+    _check_settings(method, alpha, alpha_method, coef, preheat_ratio, dtype)
+    dtype = np.dtype(dtype)
+    auto = method == "mint" and alpha is None and coef is None
+    if method == "mint":
+        if coef is not None:
+            coef = tuple(float(x) for x in coef)
+            needed = [k for k, c in zip(KINDS, coef) if c]
+        else:
+            needed = ["pt", "ifl"]
+    elif method == "random":
+        needed = []
+    else:
+        coef = BASELINE_COEF[method]
+        needed = [k for k, c in zip(KINDS, coef) if c]
+    n = _check_features(features, needed, method)
+    ratio_list = _check_ratios(ratios)
+    ks = {r: max(1, int(round(r * n))) for r in ratio_list}
+    k_max = min(max(ks.values()), n)
+    for r, k in ks.items():
+        if k >= n:
+            warnings.warn(f"ratio {r} selects all {n} examples; each gets weight 1", stacklevel=2)
+            logger.warning("ratio %s selects all %d examples; each gets weight 1", r, n)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    used = [k for k in KINDS if k in features and features[k] is not None]
+    d = np.shape(features[used[0]])[1]
+    n_jobs_eff = alpha_mod._resolve_jobs(n_jobs, 174)
+    n_pre = min(n, max(2, int(round(preheat_ratio * n))))
+    if method != "random":
+        est = estimate_memory(n, d, n_pre=n_pre, n_kinds=max(1, len(needed)), auto=auto, n_jobs=n_jobs_eff,
+                              itemsize=dtype.itemsize, block=block)
+        limit = int(max_memory_gb * (1 << 30)) if max_memory_gb is not None else _available_bytes()
+        _check_memory(est, limit, dtype, auto, n)
+
+    curve = None
+    chosen_alpha = float(alpha) if alpha is not None else None
+    if auto:
+        chosen_alpha, curve = _choose_alpha(
+            features, n, max(ratio_list), alpha_method=alpha_method, preheat_ratio=preheat_ratio, seed=seed,
+            dtype=dtype, n_jobs=n_jobs, plateau_min_alpha=plateau_min_alpha, golden_tol=golden_tol,
+            golden_max_iter=golden_max_iter, block=block, progress=progress,
+        )
+        timings["alpha_search_s"] = time.perf_counter() - t0
+        logger.info("chosen alpha %.6f (%s: %s)", chosen_alpha, alpha_method, curve.reason)
+
+    t1 = time.perf_counter()
+    if method == "random":
+        order = np.random.default_rng(seed).permutation(n)[:k_max].astype(np.int64)
+        gains = np.full(k_max, np.nan)
+        weights = {k: np.full(min(k, n), n / min(k, n)) for k in ks.values()}
+    else:
+        combo: Combination = alpha_combination(chosen_alpha) if chosen_alpha is not None else coef_combination(coef)
+        S = combined_distances(features, combo, dtype=dtype, block=block, progress=progress)
+        timings["distances_s"] = time.perf_counter() - t1
+        similarity_from_distance(S, out=S)  # in place: the one N x N matrix
+        t2 = time.perf_counter()
+        order, gains = lazy_greedy(S, k_max, symmetric=True)
+        weights = prefix_weights(S, order, [min(k, n) for k in ks.values()], symmetric=True)
+        timings["greedy_s"] = time.perf_counter() - t2
+        del S
+    errors = {}
+    if compute_errors:
+        t3 = time.perf_counter()
+        errors = _errors_along(features, order, sorted({min(k, n) for k in ks.values()}), dtype, block)
+        timings["errors_s"] = time.perf_counter() - t3
+    subsets = {}
+    for r, k in ks.items():
+        k = min(k, n)
+        w = np.ones(n) if k >= n else weights[k]
+        subsets[r] = Subset(
+            indices=_readonly(order[:k].copy()), weights=_readonly(np.asarray(w, dtype=np.float64)), ratio=r,
+            e_pt=errors.get("pt", {}).get(k), e_ifl=errors.get("ifl", {}).get(k),
+        )
+    timings["total_s"] = time.perf_counter() - t0
+    settings = {
+        "method": method, "alpha": chosen_alpha, "alpha_method": alpha_method if auto else None,
+        "coef": list(coef) if coef is not None else None, "ratios": ratio_list, "preheat_ratio": preheat_ratio,
+        "seed": seed, "dtype": dtype.name, "plateau_min_alpha": plateau_min_alpha, "golden_tol": golden_tol,
+        "golden_max_iter": golden_max_iter,
+    }
+    return SelectionResult(
+        method=method, alpha=chosen_alpha, alpha_method=alpha_method if auto else None,
+        coef=tuple(coef) if coef is not None and method == "mint" else None,
+        order=_readonly(order), gains=_readonly(np.asarray(gains, dtype=np.float64)), subsets=subsets, curve=curve,
+        n=n, seed=seed, settings=settings, timings=timings,
+    )
+
+
+# ----------------------------------------------------------------------------- files (mint select)
+
+_OUR_FILES = ("run.json", "summary.json", "summary.txt", "selection.npz", "alpha_curve.csv", "pareto.png", "plateau.png")
+
+
+def load_feature_dir(features_dir) -> tuple[dict, dict]:
+    """Features for selection from a folder: the gradient step's store (`manifest.json`, read
+    with `mint.store.load_features`) or plain `{sft,pt,ifl}.npy` files (rows normalised here if
+    they are not already). Returns (features, provenance)."""
+    from pathlib import Path
+
+    from ._io import sha256_file
+
+    path = Path(features_dir)
+    if not path.is_dir():
+        raise MintError(f"{path}: features folder not found; pass the output folder of `mint grads` with --features")
+    if (path / "manifest.json").is_file():
+        from .store import load_features, read_manifest
+
+        features = load_features(path, normalized=True)
+        manifest = read_manifest(path)
+        prov = {"source": "feature store", "path": str(path), "manifest_sha256": sha256_file(path / "manifest.json"),
+                "data_fingerprint": manifest.get("settings", {}).get("data_fingerprint")}
+        return dict(features), prov
+    files = {k: path / f"{k}.npy" for k in KINDS if (path / f"{k}.npy").is_file()}
+    if not files:
+        raise MintError(f"{path}: neither a feature store (manifest.json) nor sft.npy/pt.npy/ifl.npy; "
+                        "run `mint grads` first or point --features at its output folder")
+    features = {}
+    for kind, file in files.items():
+        try:
+            X = np.load(file, mmap_mode="r", allow_pickle=False)
+        except ValueError as e:
+            raise MintError(f"{file}: not a readable .npy array ({e})") from e
+        features[kind] = _normalised(X, file)
+    prov = {"source": "npy files", "path": str(path), "sha256": {k: sha256_file(f) for k, f in files.items()}}
+    return features, prov
+
+
+def _normalised(X, file):
+    if X.ndim != 2:
+        raise MintError(f"{file}: expected a 2-D (N, D) array, found shape {X.shape}")
+    norms = np.concatenate([np.linalg.norm(np.asarray(X[s : s + 4096], dtype=np.float64), axis=1)
+                            for s in range(0, X.shape[0], 4096)]) if X.shape[0] else np.zeros(0)
+    if np.all((np.abs(norms - 1) < 1e-3) | (norms == 0) | ~np.isfinite(norms)):
+        return X
+    logger.info("%s: rows are not L2-normalised; normalising them for selection", file)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.asarray(X, dtype=np.float32) / np.where(norms == 0, 1, norms)[:, None].astype(np.float32))
+
+
+def _coreset_name(ratio: float, ext: str) -> str:
+    return f"coreset_{ratio:.2f}.{ext}"
+
+
+def _prepare_output(out, run_key: str, overwrite: bool) -> None:
+    from ._io import read_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    entries = [p for p in out.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        return
+    marker = out / "run.json"
+    same = marker.is_file() and read_json(marker).get("run_key") == run_key
+    if same:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{out} is not empty and holds {'a different selection run' if marker.is_file() else 'other files'}; "
+            "choose a new --output_dir, or pass --overwrite to replace the previous selection outputs"
+        )
+    for p in entries:  # only our own outputs are removed; anything else in the folder stays
+        if p.name in _OUR_FILES or (p.name.startswith("coreset_") and p.suffix in (".npz", ".jsonl")):
+            p.unlink()
+
+
+def run_selection(
+    features_dir,
+    output_dir,
+    *,
+    ratios: Sequence[float] = (0.05, 0.1, 0.15),
+    method: str = "mint",
+    alpha: float | None = None,
+    alpha_method: str = "plateau",
+    coef: Sequence[float] | None = None,
+    preheat_ratio: float = 0.3,
+    seed: int = 0,
+    data=None,
+    overwrite: bool = False,
+    dtype: str = "float32",
+    n_jobs: int | None = None,
+    plateau_min_alpha: float = alpha_mod.PLATEAU_MIN_ALPHA,
+    golden_tol: float = 1e-3,
+    golden_max_iter: int = 40,
+    max_memory_gb: float | None = None,
+    progress: bool = True,
+) -> SelectionResult:
+    """`mint select`: read features from `features_dir`, select, and write to `output_dir`:
+    coreset_{ratio:.2f}.npz (indices, weights), coreset_{ratio:.2f}.jsonl when `data` is given,
+    selection.npz (order, gains), alpha_curve.csv, pareto.png, plateau.png (automatic alpha
+    only), summary.json and summary.txt. Every file is written atomically; summary.json last."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from ._io import atomic_save_npz, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file, versions
+
+    t0 = time.perf_counter()
+    out = Path(output_dir)
+    ratio_list = _check_ratios(ratios)
+    names = [_coreset_name(r, "npz") for r in ratio_list]
+    if len(set(names)) != len(names):
+        raise MintError(f"ratios {ratio_list} give the same file name at two decimals; use ratios that differ by >= 0.01")
+    _check_settings(method, alpha, alpha_method, coef, preheat_ratio, dtype)
+    features, inputs = load_feature_dir(features_dir)
+    n = np.shape(next(iter(features.values())))[0]
+    records = None
+    data_prov = None
+    if data is not None:
+        from .records import read_records
+
+        records = read_records(data)
+        if len(records) != n:
+            raise MintError(f"{data} has {len(records)} records but the features in {features_dir} describe {n} "
+                            "examples; pass the data file the features were computed from")
+        data_prov = {"path": str(data), "sha256": sha256_file(data), "records": len(records)}
+    settings = {
+        "method": method, "alpha": alpha, "alpha_method": alpha_method, "coef": list(coef) if coef is not None else None,
+        "ratios": ratio_list, "preheat_ratio": preheat_ratio, "seed": seed, "dtype": str(np.dtype(dtype)),
+        "plateau_min_alpha": plateau_min_alpha, "golden_tol": golden_tol, "golden_max_iter": golden_max_iter,
+    }
+    run_key = hashlib.sha256(json.dumps({"settings": settings, "inputs": inputs, "data": data_prov},
+                                        sort_keys=True).encode()).hexdigest()
+    _prepare_output(out, run_key, overwrite)
+    atomic_write_json(out / "run.json", {"run_key": run_key, "settings": settings, "inputs": inputs, "data": data_prov})
+
+    res = select_coreset(
+        features, ratio_list, method=method, alpha=alpha, alpha_method=alpha_method, coef=coef,
+        preheat_ratio=preheat_ratio, seed=seed, dtype=dtype, n_jobs=n_jobs, plateau_min_alpha=plateau_min_alpha,
+        golden_tol=golden_tol, golden_max_iter=golden_max_iter, max_memory_gb=max_memory_gb, progress=progress,
+    )
+    files = []
+    for r in ratio_list:
+        sub = res.subsets[r]
+        atomic_save_npz(out / _coreset_name(r, "npz"), indices=sub.indices, weights=sub.weights)
+        files.append(_coreset_name(r, "npz"))
+        if records is not None:
+            from .export import export_subset
+
+            export_subset(records, sub.indices, sub.weights, out / _coreset_name(r, "jsonl"))
+            files.append(_coreset_name(r, "jsonl"))
+    atomic_save_npz(out / "selection.npz", order=res.order, gains=res.gains)
+    files.append("selection.npz")
+    if res.curve is not None:
+        from . import plots
+
+        atomic_write_text(out / "alpha_curve.csv", res.curve.to_csv())
+        atomic_write_bytes(out / "pareto.png", plots.pareto_png(res.curve))
+        atomic_write_bytes(out / "plateau.png", plots.plateau_png(res.curve))
+        files += ["alpha_curve.csv", "pareto.png", "plateau.png"]
+    timings = dict(res.timings, wall_s=time.perf_counter() - t0)
+    summary = {
+        "method": res.method, "alpha": res.alpha, "alpha_method": res.alpha_method, "coef": res.coef, "n": res.n,
+        "seed": seed, "dtype": settings["dtype"],
+        "subsets": [
+            {"ratio": r, "k": int(len(res.subsets[r].indices)), "file": _coreset_name(r, "npz"),
+             "e_pt": res.subsets[r].e_pt, "e_ifl": res.subsets[r].e_ifl,
+             "weight_sum": float(res.subsets[r].weights.sum()), "max_weight": float(res.subsets[r].weights.max())}
+            for r in ratio_list
+        ],
+        "alpha_search": None if res.curve is None else {
+            "method": res.curve.method, "chosen": res.curve.chosen, "reason": res.curve.reason,
+            "points": len(res.curve), "n_pre": res.curve.n_pre, "k_pre": res.curve.k_pre, "sigma": res.curve.sigma,
+        },
+        "settings": settings, "inputs": inputs, "data": data_prov, "versions": versions(), "run_key": run_key,
+        "timings": {k: round(v, 3) for k, v in timings.items()}, "files": files + ["summary.txt", "summary.json"],
+    }
+    atomic_write_text(out / "summary.txt", summary_text(summary))
+    atomic_write_json(out / "summary.json", summary)
+    return res
+
+
+def summary_text(summary: dict) -> str:
+    """A few human-readable lines about a selection (also printed by `mint select`)."""
+    if summary["alpha"] is not None:
+        how = f"alpha = {summary['alpha']:g}"
+        if summary["alpha_search"]:
+            s = summary["alpha_search"]
+            how += f" ({s['method']} over {s['points']} alphas on a pre-sample of {s['n_pre']}: {s['reason']})"
+    elif summary["coef"] is not None:
+        how = "coefficients (c_sft, c_pt, c_ifl) = " + ", ".join(f"{c:g}" for c in summary["coef"])
+    else:
+        how = "no alpha (baseline)"
+    lines = [f"method {summary['method']} on N = {summary['n']}: {how}"]
+    for s in summary["subsets"]:
+        err = ""
+        if s["e_pt"] is not None:
+            err = f"  E_PT {s['e_pt']:.4g}  E_IFL {s['e_ifl']:.4g}"
+        lines.append(f"  ratio {s['ratio']:g}: k = {s['k']}, max weight {s['max_weight']:g}{err}  -> {s['file']}")
+    return "\n".join(lines) + "\n"
