@@ -227,3 +227,18 @@ def test_memory_estimate_refuses_with_the_helpful_option():
         select_coreset(feats, [0.1], dtype="float64", max_memory_gb=1e-6, progress=False)
     with pytest.raises(MintError, match="--max_memory_gb"):
         select_coreset(feats, [0.1], max_memory_gb=1e-6, progress=False)
+
+
+@pytest.mark.parametrize("block", [16, 2048])
+def test_cached_and_blockwise_distances_select_the_same(block):
+    feats = make_features(n=50, seed=6)
+    kw = dict(n_jobs=1, progress=False, block=block)
+    a = select_coreset(feats, [0.1, 0.2], cache_distances=True, **kw)
+    b = select_coreset(feats, [0.1, 0.2], cache_distances=False, **kw)
+    assert a.settings["distance_strategy"] == "cached" and b.settings["distance_strategy"] == "blockwise"
+    assert a.alpha == b.alpha
+    assert a.order.tobytes() == b.order.tobytes() and a.gains.tobytes() == b.gains.tobytes()
+    for r in (0.1, 0.2):
+        np.testing.assert_array_equal(a.subsets[r].weights, b.subsets[r].weights)
+        assert a.subsets[r].e_pt == pytest.approx(b.subsets[r].e_pt, rel=1e-5)
+        assert a.subsets[r].e_ifl == pytest.approx(b.subsets[r].e_ifl, rel=1e-5)

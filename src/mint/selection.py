@@ -198,7 +198,10 @@ def estimate_memory(n: int, d: int, *, n_pre: int, n_kinds: int, auto: bool, n_j
     if auto:
         pre = (2 + n_jobs) * n_pre * n_pre * itemsize + 2 * n_pre * d * itemsize + blocks
     full = n * n * itemsize + cast + blocks + 64 * n * 8
-    return {"pre_sample": pre, "full": full, "peak": max(pre, full)}
+    # the faster variant for MINT: d_PT and d_IFL kept whole (the floor is computed once, the
+    # combined matrix and every error are read from them), three N x N matrices
+    cached = 3 * n * n * itemsize + cast + blocks + 64 * n * 8
+    return {"pre_sample": pre, "full": full, "peak": max(pre, full), "cached_full": cached}
 
 
 def _check_memory(est: dict, limit_bytes: int | None, dtype, auto: bool, n: int) -> None:
@@ -245,6 +248,17 @@ def _errors_along(features, order: np.ndarray, ks: list[int], dtype, block: int)
             np.minimum(best, d.min(axis=1), out=best)
             if e in ks:
                 out[kind][e] = float(best.sum(dtype=np.float64))
+    return out
+
+
+def _prefix_min_sums(d: np.ndarray, order: np.ndarray, ks: list[int]) -> dict[int, float]:
+    """`sum_i min_{j in order[:k]} d(i, j)` for every k, from a whole symmetric matrix."""
+    best = np.full(d.shape[0], np.inf, dtype=d.dtype)
+    out = {}
+    for pos in range(max(ks)):
+        np.minimum(best, d[order[pos]], out=best)
+        if pos + 1 in ks:
+            out[pos + 1] = float(best.sum(dtype=np.float64))
     return out
 
 
@@ -306,6 +320,7 @@ def select_coreset(
     golden_max_iter: int = 40,
     compute_errors: bool = True,
     max_memory_gb: float | None = None,
+    cache_distances: bool | None = None,
     block: int = DEFAULT_BLOCK,
     progress: bool = True,
 ) -> SelectionResult:
@@ -318,6 +333,9 @@ def select_coreset(
     dtype: distance precision; float32 is fast, float64 matches a plain float64 implementation.
     n_jobs: worker processes for the alpha scan (None: every available core).
     max_memory_gb: refuse when the estimate exceeds it (None: the memory available now).
+    cache_distances: for MINT, keep the whole d_PT and d_IFL (three N x N matrices) instead of
+      forming the combined matrix block by block (one N x N matrix); None: when that fits in
+      half the memory limit. The selection is the same either way; only its speed changes.
     """
     _check_settings(method, alpha, alpha_method, coef, preheat_ratio, dtype)
     dtype = np.dtype(dtype)
@@ -348,6 +366,7 @@ def select_coreset(
     d = np.shape(features[used[0]])[1]
     n_jobs_eff = alpha_mod._resolve_jobs(n_jobs, 174)
     n_pre = min(n, max(2, int(round(preheat_ratio * n))))
+    est, limit = None, None
     if method != "random":
         est = estimate_memory(n, d, n_pre=n_pre, n_kinds=max(1, len(needed)), auto=auto, n_jobs=n_jobs_eff,
                               itemsize=dtype.itemsize, block=block)
@@ -371,19 +390,38 @@ def select_coreset(
         gains = np.full(k_max, np.nan)
         weights = {k: np.full(min(k, n), n / min(k, n)) for k in ks.values()}
     else:
-        combo: Combination = alpha_combination(chosen_alpha) if chosen_alpha is not None else coef_combination(coef)
-        S = combined_distances(features, combo, dtype=dtype, block=block, progress=progress)
+        cached = None
+        if chosen_alpha is not None and cache_distances is not False:
+            fits = limit is None or max(est["pre_sample"], est["cached_full"]) <= 0.5 * limit
+            cached = {} if (cache_distances or fits) else None
+        if cached is not None:
+            # Same values as the block-by-block path (same blocks, same formula), so the selection
+            # does not depend on this choice; it only saves the second distance pass.
+            for kind in ("pt", "ifl"):
+                cached[kind] = pairwise_distances(features[kind], dtype=dtype, block=block)
+            S = np.empty_like(cached["pt"])
+            alpha_mod._alpha_similarity(cached["pt"], cached["ifl"], chosen_alpha, S)
+        else:
+            combo: Combination = alpha_combination(chosen_alpha) if chosen_alpha is not None else coef_combination(coef)
+            S = combined_distances(features, combo, dtype=dtype, block=block, progress=progress)
+            similarity_from_distance(S, out=S)  # in place: the one N x N matrix
         timings["distances_s"] = time.perf_counter() - t1
-        similarity_from_distance(S, out=S)  # in place: the one N x N matrix
+        strategy = "cached" if cached is not None else "blockwise"
         t2 = time.perf_counter()
         order, gains = lazy_greedy(S, k_max, symmetric=True)
         weights = prefix_weights(S, order, [min(k, n) for k in ks.values()], symmetric=True)
         timings["greedy_s"] = time.perf_counter() - t2
         del S
     errors = {}
+    if method == "random":
+        cached, strategy = None, "none"
     if compute_errors:
         t3 = time.perf_counter()
-        errors = _errors_along(features, order, sorted({min(k, n) for k in ks.values()}), dtype, block)
+        wanted = sorted({min(k, n) for k in ks.values()})
+        if method != "random" and cached is not None:
+            errors = {kind: _prefix_min_sums(d, order, wanted) for kind, d in cached.items()}
+        else:
+            errors = _errors_along(features, order, wanted, dtype, block)
         timings["errors_s"] = time.perf_counter() - t3
     subsets = {}
     for r, k in ks.items():
@@ -398,7 +436,7 @@ def select_coreset(
         "method": method, "alpha": chosen_alpha, "alpha_method": alpha_method if auto else None,
         "coef": list(coef) if coef is not None else None, "ratios": ratio_list, "preheat_ratio": preheat_ratio,
         "seed": seed, "dtype": dtype.name, "plateau_min_alpha": plateau_min_alpha, "golden_tol": golden_tol,
-        "golden_max_iter": golden_max_iter,
+        "golden_max_iter": golden_max_iter, "distance_strategy": strategy,
     }
     return SelectionResult(
         method=method, alpha=chosen_alpha, alpha_method=alpha_method if auto else None,
@@ -503,6 +541,7 @@ def run_selection(
     golden_tol: float = 1e-3,
     golden_max_iter: int = 40,
     max_memory_gb: float | None = None,
+    cache_distances: bool | None = None,
     progress: bool = True,
 ) -> SelectionResult:
     """`mint select`: read features from `features_dir`, select, and write to `output_dir`:
@@ -547,7 +586,8 @@ def run_selection(
     res = select_coreset(
         features, ratio_list, method=method, alpha=alpha, alpha_method=alpha_method, coef=coef,
         preheat_ratio=preheat_ratio, seed=seed, dtype=dtype, n_jobs=n_jobs, plateau_min_alpha=plateau_min_alpha,
-        golden_tol=golden_tol, golden_max_iter=golden_max_iter, max_memory_gb=max_memory_gb, progress=progress,
+        golden_tol=golden_tol, golden_max_iter=golden_max_iter, max_memory_gb=max_memory_gb, cache_distances=cache_distances,
+        progress=progress,
     )
     files = []
     for r in ratio_list:
@@ -571,7 +611,7 @@ def run_selection(
     timings = dict(res.timings, wall_s=time.perf_counter() - t0)
     summary = {
         "method": res.method, "alpha": res.alpha, "alpha_method": res.alpha_method, "coef": res.coef, "n": res.n,
-        "seed": seed, "dtype": settings["dtype"],
+        "seed": seed, "dtype": settings["dtype"], "distance_strategy": res.settings["distance_strategy"],
         "subsets": [
             {"ratio": r, "k": int(len(res.subsets[r].indices)), "file": _coreset_name(r, "npz"),
              "e_pt": res.subsets[r].e_pt, "e_ifl": res.subsets[r].e_ifl,

@@ -33,6 +33,9 @@ def add_arguments(p) -> None:
     p.add_argument("--golden_max_iter", type=int, default=40, help="golden search: at most this many iterations")
     p.add_argument("--max_memory_gb", type=float, default=None,
                    help="refuse to start above this memory estimate (default: the memory available now)")
+    p.add_argument("--distance_cache", default="auto", choices=["auto", "on", "off"],
+                   help="keep whole d_PT and d_IFL matrices (3 N x N, faster) or build one combined matrix "
+                        "block by block (1 N x N); auto: cache when it fits in half the free memory. Same selection.")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of a different earlier run in OUT")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
 
@@ -49,6 +52,7 @@ def run(args) -> int:
         data=args.data, overwrite=args.overwrite, dtype=args.dtype, n_jobs=args.n_jobs,
         plateau_min_alpha=args.plateau_min_alpha, golden_tol=args.golden_tol, golden_max_iter=args.golden_max_iter,
         max_memory_gb=args.max_memory_gb, progress=not args.no_progress,
+        cache_distances={"auto": None, "on": True, "off": False}[args.distance_cache],
     )
     summary = read_json(Path(args.output_dir) / "summary.json")
     print(summary_text(summary), end="")

@@ -1,0 +1,200 @@
+"""Benchmark of the MINT selection engine (issue 2). Not a test: it prints numbers.
+
+Synthetic clustered features: a Gaussian mixture per kind (fixed seed, separate cluster
+labels for PT and IFL), rows L2-normalised. For one (N, D) it times `select_coreset` with
+automatic alpha (plateau, ratios 0.05/0.1/0.15, preheat 0.3, both cores), the bare PT + IFL
+distance computation (the floor), and reports peak memory. `--exactness` instead compares
+the engine with a straightforward dense float64 implementation.
+
+    .venv/bin/python bench/selection.py --n 8000 --d 8192
+    .venv/bin/python bench/selection.py --n 8000 --d 1024
+    .venv/bin/python bench/selection.py --exactness --n 2000 --d 8192
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+RATIOS = [0.05, 0.1, 0.15]
+
+
+def make_features(n: int, d: int, seed: int = 0, clusters=(64, 40), spread: float = 1.0) -> dict:
+    """PT and IFL features from two independent Gaussian mixtures, float32, rows normalised.
+    Generated in row chunks so N = 52,000 x D = 8192 needs no float64 copy."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for kind, n_clusters in zip(("pt", "ifl"), clusters):
+        centers = rng.standard_normal((n_clusters, d), dtype=np.float32)
+        # cluster sizes vary (Dirichlet weights), as real task families do
+        labels = rng.choice(n_clusters, size=n, p=rng.dirichlet(np.ones(n_clusters)))
+        X = np.empty((n, d), dtype=np.float32)
+        for s in range(0, n, 4096):
+            e = min(s + 4096, n)
+            block = rng.standard_normal((e - s, d), dtype=np.float32)
+            block *= spread
+            block += centers[labels[s:e]]
+            block /= np.linalg.norm(block, axis=1, keepdims=True)
+            X[s:e] = block
+        out[kind] = X
+    return out
+
+
+def _rss_reset() -> None:
+    try:  # reset the kernel's peak-RSS counter (VmHWM) so the peak covers only what follows
+        with open(f"/proc/{os.getpid()}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _rss_peak_gib() -> float:
+    with open(f"/proc/{os.getpid()}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / (1 << 20)
+    return float("nan")
+
+
+def _rss_now_gib() -> float:
+    with open(f"/proc/{os.getpid()}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / (1 << 20)
+    return float("nan")
+
+
+def run_timing(n: int, d: int, seed: int, n_jobs: int | None, skip_floor: bool) -> dict:
+    from mint import select_coreset
+    from mint.distances import alpha_combination, combined_distances
+
+    t = time.perf_counter()
+    feats = make_features(n, d, seed)
+    gen_s = time.perf_counter() - t
+    out = {"n": n, "d": d, "seed": seed, "generate_s": round(gen_s, 1), "load_before": os.getloadavg()}
+    base = _rss_now_gib()
+    _rss_reset()
+    t = time.perf_counter()
+    res = select_coreset(feats, RATIOS, seed=seed, n_jobs=n_jobs, progress=False)
+    out["select_s"] = round(time.perf_counter() - t, 2)
+    out["select_peak_rss_gib"] = round(_rss_peak_gib(), 2)
+    out["features_rss_gib"] = round(base, 2)
+    out["alpha"] = res.alpha
+    out["stages_s"] = {k: round(v, 2) for k, v in res.timings.items()}
+    if not skip_floor:
+        _rss_reset()
+        t = time.perf_counter()
+        D = combined_distances(feats, alpha_combination(0.5))  # both PT and IFL distances, all pairs
+        out["floor_distances_s"] = round(time.perf_counter() - t, 2)
+        del D
+        out["select_over_floor"] = round(out["select_s"] / out["floor_distances_s"], 2)
+    out["load_after"] = os.getloadavg()
+    return out
+
+
+# --------------------------------------------------------------------------- exactness
+
+
+def _dense_distances(X: np.ndarray) -> np.ndarray:
+    X = X.astype(np.float64)
+    sq = np.einsum("ij,ij->i", X, X)
+    D = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * (X @ X.T), 0))
+    np.fill_diagonal(D, 0)
+    return D
+
+
+def _dense_greedy(S: np.ndarray, k: int) -> np.ndarray:
+    cur = np.zeros(len(S))
+    chosen = np.zeros(len(S), bool)
+    order = []
+    for _ in range(k):
+        g = np.maximum(S - cur[:, None], 0).sum(axis=0)
+        g[chosen] = -np.inf
+        j = int(np.argmax(g))
+        order.append(j)
+        chosen[j] = True
+        cur = np.maximum(cur, S[:, j])
+    return np.array(order)
+
+
+def dense_reference(feats: dict, seed: int = 0, preheat: float = 0.3):
+    """MINT selection written the plain way: dense float64 matrices, naive greedy."""
+    from mint.alpha import alpha_grid, detect_plateau
+
+    n = len(feats["pt"])
+    n_pre = max(2, round(preheat * n))
+    pre = np.random.default_rng(seed).choice(n, n_pre, replace=False)
+    k_pre = max(1, round(max(RATIOS) * n_pre))
+    d_pt, d_ifl = _dense_distances(feats["pt"][pre]), _dense_distances(feats["ifl"][pre])
+    alphas = alpha_grid()
+    e_ifl = []
+    for a in alphas:
+        D = d_pt / a + d_ifl / (1 - a)
+        order = _dense_greedy(D.max() - D, k_pre)
+        e_ifl.append(d_ifl[:, order].min(axis=1).sum())
+    a = float(alphas[detect_plateau(alphas, np.array(e_ifl)).index])
+    D = _dense_distances(feats["pt"]) / a + _dense_distances(feats["ifl"]) / (1 - a)
+    S = D.max() - D
+    order = _dense_greedy(S, max(1, round(max(RATIOS) * n)))
+    weights = {}
+    for r in RATIOS:
+        sel = order[: max(1, round(r * n))]
+        weights[r] = np.bincount(np.argmax(S[:, sel], axis=1), minlength=len(sel)).astype(float)
+    return a, order, weights, S
+
+
+def run_exactness(n: int, d: int, seed: int, n_jobs: int | None) -> dict:
+    from mint import select_coreset
+
+    feats = make_features(n, d, seed)
+    t = time.perf_counter()
+    a_ref, order_ref, w_ref, S_ref = dense_reference(feats, seed)
+    ref_s = time.perf_counter() - t
+    out = {"n": n, "d": d, "seed": seed, "reference_s": round(ref_s, 1), "alpha_reference": a_ref}
+    for dtype in ("float64", "float32"):
+        t = time.perf_counter()
+        res = select_coreset(feats, RATIOS, seed=seed, dtype=dtype, n_jobs=n_jobs, progress=False)
+        row = {"select_s": round(time.perf_counter() - t, 2), "alpha": res.alpha, "same_alpha": res.alpha == a_ref}
+        agree = np.asarray(res.order) == order_ref[: len(res.order)]
+        row["same_order"] = bool(agree.all())
+        row["first_disagreement"] = int(np.argmin(agree)) if not agree.all() else None
+        row["same_weights"] = all(np.array_equal(res.subsets[r].weights, w_ref[r]) for r in RATIOS)
+        # value of each subset under the float64 reference objective, relative to the reference subset
+        rel = {}
+        for r in RATIOS:
+            k = len(res.subsets[r].indices)
+            f_ref = S_ref[:, order_ref[:k]].max(axis=1).sum()
+            f_eng = S_ref[:, res.subsets[r].indices].max(axis=1).sum()
+            rel[str(r)] = float((f_ref - f_eng) / f_ref)
+        row["fl_value_rel_gap"] = rel
+        out[dtype] = row
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=8000)
+    p.add_argument("--d", type=int, default=8192)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n_jobs", type=int, default=None, help="alpha-scan workers (default: all cores)")
+    p.add_argument("--exactness", action="store_true", help="compare with a dense float64 implementation")
+    p.add_argument("--skip_floor", action="store_true", help="do not time the bare distance computation")
+    args = p.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.exactness:
+        result = run_exactness(args.n, args.d, args.seed, args.n_jobs)
+    else:
+        result = run_timing(args.n, args.d, args.seed, args.n_jobs, args.skip_floor)
+    result["cpus"] = len(os.sched_getaffinity(0))
+    print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
