@@ -195,3 +195,54 @@ def test_two_process_torchrun_equals_one_process(reference_store, tiny_model_dir
     assert result.returncode == 0, result.stderr[-3000:]
     assert mint.store.read_manifest(out)["info"]["world_size"] == 2
     assert _feature_bytes(out) == _feature_bytes(reference_store)
+
+
+def test_nan_gradient_names_record_and_keeps_store(tiny_model_dir, sgd_warmup_dir, tmp_path):
+    """A base model whose embedding of one token is NaN: only the record holding that token
+    gets NaN gradients. The run stops naming it; the shards before it stay complete."""
+    import shutil
+
+    from conftest import make_alpaca_records
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    records = make_alpaca_records(14)
+    records[9]["output"] = "the answer is ~"
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    bad_ids = tok("~", add_special_tokens=False)["input_ids"]
+    assert all(i not in tok(json.dumps(r), add_special_tokens=False)["input_ids"]
+               for k, r in enumerate(records) if k != 9 for i in bad_ids)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[bad_ids] = float("nan")
+    model.save_pretrained(model_dir)
+    out = tmp_path / "features"
+    with pytest.raises(MintError, match=r"record\(s\) \[9\]"):
+        _run(model_dir, data, sgd_warmup_dir, out)
+    assert not mint.store.read_manifest(out)["complete"]
+    assert sorted(p.name for p in (out / "shards").glob("*.done")) == ["shard_00000.done", "shard_00001.done"]
+    with pytest.raises(MintError, match="incomplete"):
+        mint.load_features(out)
+
+
+def test_cli_grads_and_bad_arguments(tiny_model_dir, data_file, sgd_warmup_dir, tmp_path, capsys):
+    from mint.cli import main
+
+    out = tmp_path / "features"
+    assert main(_cli_args(tiny_model_dir, data_file, sgd_warmup_dir, out)) == 0
+    printed = capsys.readouterr().out
+    assert "mint grads: 14 examples" in printed and "dims 16, 64" in printed
+    assert mint.load_features(out, dim=16)["ifl"].shape == (14, 16)
+    bad = _cli_args(tiny_model_dir, data_file, sgd_warmup_dir, tmp_path / "other")
+    bad[bad.index("--proj_dim") + 1] = "none"
+    assert main(bad) == 2  # 'none' mixed with numbers
+    assert "cannot be combined" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["grads", "--data", str(data_file), "--model", "m", "--warmup_dir", "w", "--output_dir", "o",
+              "--proj_dim", "abc"])
+    assert main(["grads", "--data", str(tmp_path / "missing.jsonl"), "--model", str(tiny_model_dir),
+                 "--warmup_dir", str(sgd_warmup_dir), "--output_dir", str(tmp_path / "o"), "--grad_type", "sgd"]) == 2
+    assert "not found" in capsys.readouterr().err

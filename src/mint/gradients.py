@@ -251,7 +251,8 @@ def _adam_state(warmup_dir: Path, keys: list[str]) -> dict:
 
 def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, proj_dim=8192,
                      grad_type: str = "adam", batch_size: int = 8, max_length: int = 512, seed: int = 0,
-                     template: str = "auto", schema: str = "auto", projection: str = "rademacher",
+                     template: str = "auto", schema: str = "auto", long_prompts: str = "error",
+                     projection: str = "rademacher",
                      shard_size: int = 64, device: str = "auto", cache_bytes: int = 1 << 30,
                      overwrite: bool = False, progress: bool = True) -> Path:
     """Gradient features (SFT, PT, IFL) of every example of `data_path` into the store
@@ -260,7 +261,8 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     proj_dim: an int, a list of ints (all from one pass), or None for raw gradients.
     grad_type: adam (warm-up AdamW state, DESIGN section 2), sgd or sign.
     batch_size: examples per forward/backward pass (results do not depend on it beyond float
-    rounding). shard_size: examples per resumable shard, also the number of examples projected
+    rounding). long_prompts: `error` or `truncate` for prompts that alone fill max_length
+    (see `mint.data.tokenize_examples`). shard_size: examples per resumable shard, also the number of examples projected
     together (2 * shard_size rows per projection call). cache_bytes: memory for projection tiles.
     Under `torchrun`, each rank computes a contiguous range of shards and rank 0 merges."""
     from ._io import sha256_file
@@ -295,8 +297,10 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     adam = {k: optimizer[k] for k in ("exp_avg", "exp_avg_sq", "betas", "eps")} if optimizer else {}
     preconditioner = Preconditioner(grad_type, device=model_device, **adam)
 
-    render = {"schema": examples[0].schema, "template": template, "max_length": max_length}
-    tokenized = tokenize_examples(examples, tokenizer, max_length=max_length, template=template)
+    # the same rendering settings as mint.train, so warm-up, features and training share a fingerprint
+    render = {"schema": schema, "template": template, "max_length": max_length, "long_prompts": long_prompts}
+    tokenized = tokenize_examples(examples, tokenizer, max_length=max_length, template=template,
+                                  long_prompts=long_prompts)
     projector = make_projector(collector.grad_dim, proj_dim, seed, kind=projection, device=model_device,
                                cache_bytes=cache_bytes)
     settings = {

@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompt rendering: the tokenizer's chat template when it has one (auto), or plain")
     parser.add_argument("--schema", choices=("auto", "alpaca", "chat", "prompt_completion"), default="auto",
                         help="record schema (default: detected from the first record)")
+    parser.add_argument("--long_prompts", choices=("error", "truncate"), default="error",
+                        help="a prompt that alone fills max_length: error (default) or cut it from the left")
     parser.add_argument("--shard_size", type=int, default=64,
                         help="examples per resumable shard and per projection call (default 64)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 ...")
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     out = compute_features(
         args.model, args.data, args.warmup_dir, args.output_dir, proj_dim=proj_dim, grad_type=args.grad_type,
         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, template=args.template,
-        schema=args.schema, projection=args.projection, shard_size=args.shard_size, device=args.device,
+        schema=args.schema, long_prompts=args.long_prompts, projection=args.projection, shard_size=args.shard_size, device=args.device,
         cache_bytes=args.cache_mb << 20, overwrite=args.overwrite, progress=not args.no_progress)
     import os
 

@@ -1,0 +1,128 @@
+"""Benchmark: examples/s of gradient-feature extraction with SmolLM2-135M-Instruct on CPU.
+
+Compares, on the same N real records (default 64 of the Alpaca pool, max_length 256):
+
+* floor:   two ordinary LoRA training steps per example at batch size 1 (forward + backward of
+           the SFT view, then of the PT view, each followed by an AdamW step): the cost any
+           method that needs both gradients of every example must pay;
+* loop:    `mint.gradients.shard_features` with batch_size 1 (per-example gradients from hooks,
+           Adam preconditioning, projection to proj_dim);
+* batched: the same with batch_size B (default 8).
+
+The loop and batched runs include the projection of all 2N rows (one call, as a 64-example
+shard does); its cost is also timed alone. Model loading and tokenisation are excluded
+from every figure. The warm-up adapter is trained once (on 1/8 of the records, one epoch)
+and reused from --work_dir.
+
+    .venv/bin/python bench/gradients.py --n 64 --max_length 256 --batch_size 8 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "alpaca_gpt4" / "pool.jsonl"))
+    p.add_argument("--n", type=int, default=64, help="records (the first n of --data)")
+    p.add_argument("--max_length", type=int, default=256)
+    p.add_argument("--batch_size", type=int, default=8, help="batch size of the batched path")
+    p.add_argument("--proj_dim", type=int, default=8192)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1 on a shared 2-core machine: oversubscribed OpenMP threads spin)")
+    p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_gradients"))
+    p.add_argument("--skip", nargs="*", default=[], choices=["floor", "loop", "batched"])
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import numpy as np
+    import torch
+
+    from mint.data import collate, collate_ids, load_examples, tokenize_examples
+    from mint.gradients import LoraGradCollector, Preconditioner, _adam_state, shard_features
+    from mint.modeling import (lora_named_parameters, load_lora, load_model_and_tokenizer,
+                               response_token_losses)
+    from mint.projection import make_projector
+    from mint.warmup import run_warmup
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / f"records{args.n}.jsonl"
+    if not data.exists():
+        with open(args.data, encoding="utf-8") as f:
+            data.write_text("".join(itertools.islice(f, args.n)), encoding="utf-8")
+    warm = run_warmup("smollm2-135m-instruct", data, work / "warmup", sample_ratio=0.125, epochs=1, batch_size=4,
+                      lr=1e-4, max_length=args.max_length, long_prompts="truncate", device="cpu")
+
+    model, tok = load_model_and_tokenizer("smollm2-135m-instruct", device="cpu")
+    model = load_lora(model, warm / "adapter", trainable=True)
+    model.eval()
+    tokenized = tokenize_examples(load_examples(data), tok, max_length=args.max_length, long_prompts="truncate")
+    ids = collate_ids(tok)
+    n = len(tokenized)
+    tokens = {"sft": sum(len(t.prompt_ids) + len(t.response_ids) for t in tokenized),
+              "pt": sum(1 + len(t.response_ids) for t in tokenized)}
+    keys = [k for k, _ in lora_named_parameters(model)]
+    collector = LoraGradCollector(model)
+    state = _adam_state(warm, keys)
+    pre = Preconditioner("adam", **{k: state[k] for k in ("exp_avg", "exp_avg_sq", "betas", "eps")})
+    projector = make_projector(collector.grad_dim, args.proj_dim, seed=0, cache_bytes=1 << 30)
+    results = {"n": n, "max_length": args.max_length, "proj_dim": args.proj_dim, "grad_dim": collector.grad_dim,
+               "threads": args.threads, "tokens": tokens, "batch_size": args.batch_size,
+               "loadavg_start": os.getloadavg(), "torch": torch.__version__}
+
+    # projection alone: 2n rows, as one shard of n examples does
+    x = torch.randn(2 * n, collector.grad_dim)
+    t0 = time.perf_counter()
+    projector.project(x)
+    results["projection_s"] = time.perf_counter() - t0
+    del x
+
+    if "floor" not in args.skip:
+        params = [p for _, p in lora_named_parameters(model)]
+        opt = torch.optim.AdamW(params, lr=0.0)  # lr 0: the steps cost the same and change nothing
+        t0 = time.perf_counter()
+        for t in tokenized:
+            for view in ("sft", "pt"):
+                opt.zero_grad(set_to_none=True)
+                response_token_losses(model, collate([t], view, **ids)).sum().backward()
+                opt.step()
+        results["floor_s"] = time.perf_counter() - t0
+        opt.zero_grad(set_to_none=True)
+
+    feats = {}
+    for name, bs in (("loop", 1), ("batched", args.batch_size)):
+        if name in args.skip:
+            continue
+        t0 = time.perf_counter()
+        feats[name] = shard_features(model, tokenized, collector=collector, preconditioner=pre, projector=projector,
+                                     batch_size=bs, **ids)
+        results[f"{name}_s"] = time.perf_counter() - t0
+    if len(feats) == 2:
+        a, b = feats["loop"][f"sft_{args.proj_dim}"], feats["batched"][f"sft_{args.proj_dim}"]
+        results["loop_vs_batched_max_rel_diff"] = float(
+            np.max(np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)))
+    results["loadavg_end"] = os.getloadavg()
+    for name in ("floor", "loop", "batched"):
+        if f"{name}_s" in results:
+            results[f"{name}_examples_per_s"] = n / results[f"{name}_s"]
+    if "floor_s" in results and "batched_s" in results:
+        results["batched_over_floor"] = results["batched_s"] / results["floor_s"]
+    if "loop_s" in results and "batched_s" in results:
+        results["batched_speedup_over_loop"] = results["loop_s"] / results["batched_s"]
+    (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
