@@ -161,28 +161,27 @@ def shard_features(model, tokenized, *, collector, preconditioner, projector, ba
                    pad_id: int, bos_id: int, on_batch=None) -> dict[str, np.ndarray]:
     """{"sft_<dim>", "pt_<dim>"} (m, D) float32 features of the examples `tokenized` (one shard).
 
-    Batches are formed from the shard's examples sorted by length (less padding); the order
-    depends only on the shard, so a resumed run makes the same batches and the same bytes."""
+    Each view is batched over the shard's examples sorted by that view's length (less
+    padding); the batches depend only on the shard, so a resumed run makes the same batches
+    and the same bytes. `on_batch(k)` is called with the examples done (half per view)."""
     from .data import collate
 
     m = len(tokenized)
-    order = sorted(range(m), key=lambda i: (len(tokenized[i].prompt_ids) + len(tokenized[i].response_ids), i))
+    lengths = {"sft": lambda t: len(t.prompt_ids) + len(t.response_ids), "pt": lambda t: len(t.response_ids)}
     device = next(model.parameters()).device
     # SFT rows in [0, m), PT rows in [m, 2m): one projection call for the whole shard, so
     # each projection tile is generated once per shard.
     feats = torch.empty(2 * m, collector.grad_dim, dtype=torch.float32, device=device)
-    for start in range(0, m, batch_size):
-        pos = order[start:start + batch_size]
-        chunk = [tokenized[i] for i in pos]
-        indices = [t.index for t in chunk]
-        rows = torch.tensor(pos, device=device)
-        for view, offset in (("sft", 0), ("pt", m)):
-            batch = collate(chunk, view, pad_id=pad_id, bos_id=bos_id)
-            grads = per_example_grads(model, batch, collector)
-            _check_finite(grads, indices, view)
-            feats[rows + offset] = preconditioner(grads)
-        if on_batch is not None:
-            on_batch(len(chunk))
+    for view, offset in (("sft", 0), ("pt", m)):
+        order = sorted(range(m), key=lambda i: (lengths[view](tokenized[i]), i))
+        for start in range(0, m, batch_size):
+            pos = order[start:start + batch_size]
+            chunk = [tokenized[i] for i in pos]
+            grads = per_example_grads(model, collate(chunk, view, pad_id=pad_id, bos_id=bos_id), collector)
+            _check_finite(grads, [t.index for t in chunk], view)
+            feats[torch.tensor(pos, device=device) + offset] = preconditioner(grads)
+            if on_batch is not None:
+                on_batch(len(chunk) / 2)
     projected = projector.project(feats)
     out = {}
     for key, arr in projected.items():
