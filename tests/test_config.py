@@ -71,3 +71,11 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
 
 def test_every_key_has_help():
     assert all(help_text for _, _, _, help_text in iter_fields())
+
+
+def test_readme_documents_every_key():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    missing = [key for key, *_ in iter_fields() if f"`{key}`" not in readme]
+    assert not missing, f"README.md does not explain config keys {missing}"

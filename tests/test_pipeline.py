@@ -125,6 +125,6 @@ def test_refuses_a_folder_holding_a_different_run(run_config, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "run.json").write_text(json.dumps({"identity": {"model": "other", "train_data": "x"}}))
-    with pytest.raises(MintError, match="holds a different run .*model, train_data"):
+    with pytest.raises(MintError, match="holds a different run .differing: model, train_data"):
         run_pipeline(load_config(run_config))
     assert main(["run", "--config", str(run_config)]) == 2  # the CLI prints it as an error

@@ -41,8 +41,10 @@ class DataConfig:
     schema: str = _f("auto", "record schema: auto | alpaca | chat | prompt_completion")
     template: str = _f("auto", "prompt rendering: auto (chat template when the tokenizer has one) | chat | plain")
     max_length: int = _f(512, "tokens per example; prompts are cut from the left first, responses kept")
-    demo_examples: int = _f(360, "size of the built-in demo training split (only when `train` is empty)")
-    demo_eval_examples: int = _f(90, "size of the built-in demo held-out split (only when `train` is empty)")
+    long_prompts: str = _f("error", "a prompt that alone fills max_length: error (bad input) | truncate "
+                                    "(cut it from the left like other prompts)")
+    demo_examples: int = _f(200, "size of the built-in demo training split (only when `train` is empty)")
+    demo_eval_examples: int = _f(60, "size of the built-in demo held-out split (only when `train` is empty)")
 
 
 @dataclass
@@ -147,11 +149,11 @@ DEMO_PRESET: dict[str, Any] = {
     "lora.r": 8,
     "lora.alpha": 16.0,
     "warmup.sample_ratio": 0.1,
-    "warmup.epochs": 1.0,
+    "warmup.epochs": 2.0,
     "warmup.lr": 1e-3,
     "grads.proj_dim": 1024,
     "selection.ratios": [0.1],
-    "train.epochs": 2.0,
+    "train.epochs": 3.0,
     "train.lr": 1e-3,
     "eval.generate": True,
     "eval.max_new_tokens": 24,
@@ -161,6 +163,7 @@ DEMO_PRESET: dict[str, Any] = {
 _CHOICES = {
     "data.schema": ("auto", "alpaca", "chat", "prompt_completion"),
     "data.template": ("auto", "chat", "plain"),
+    "data.long_prompts": ("error", "truncate"),
     "grads.grad_type": ("adam", "sgd", "sign"),
     "selection.method": ("mint", "craig", "pt", "ifl", "random"),
     "selection.alpha_method": ("plateau", "plateau_scaled", "golden"),

@@ -140,7 +140,7 @@ def _counts(n: int) -> dict[str, int]:
     return counts
 
 
-def generate_demo_data(n_train: int = 360, n_eval: int = 90, *, seed: int = 0) -> tuple[list[dict], list[dict]]:
+def generate_demo_data(n_train: int = 200, n_eval: int = 60, *, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """(train records, held-out records), deterministic for a given seed; no shared prompts."""
     rng = random.Random(seed)
     train_prompts: set[tuple[str, str]] = set()
@@ -171,7 +171,7 @@ def generate_demo_data(n_train: int = 360, n_eval: int = 90, *, seed: int = 0) -
     return splits[0], splits[1]
 
 
-def write_demo_data(folder: str | os.PathLike, n_train: int = 360, n_eval: int = 90, *,
+def write_demo_data(folder: str | os.PathLike, n_train: int = 200, n_eval: int = 60, *,
                     seed: int = 0) -> tuple[Path, Path]:
     """Write `train.jsonl` and `eval.jsonl` into `folder` (atomically) and return their paths."""
     from .records import write_jsonl

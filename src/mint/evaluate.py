@@ -169,6 +169,7 @@ def evaluate(
     max_length: int = 512,
     template: str = "auto",
     schema: str = "auto",
+    long_prompts: str = "error",
     device: str = "auto",
     dtype: str = "auto",
     generate: bool = False,
@@ -199,7 +200,8 @@ def evaluate(
         model = load_lora(model, adapter)
     model.eval()
     try:
-        tokenized = tokenize_examples(examples, tokenizer, max_length=max_length, template=template)
+        tokenized = tokenize_examples(examples, tokenizer, max_length=max_length, template=template,
+                                      long_prompts=long_prompts)
         ids = collate_ids(tokenizer)
         desc = "eval " + (Path(adapter).name if adapter else "base")
         sft, pt = _losses(model, tokenized, ids, batch_size, desc)
@@ -248,7 +250,8 @@ def evaluate(
                 entry["rouge_l"] = sum(r["rouge_l"] for r in scored) / len(scored)
             metrics["per_task"][task] = entry
     base_dir = resolve_model(model_name_or_dir) if model_and_tokenizer is None else None
-    settings = {"schema": examples[0].schema, "template": template, "max_length": max_length}
+    settings = {"schema": examples[0].schema, "template": template, "max_length": max_length,
+                "long_prompts": long_prompts}
     metrics["provenance"] = {
         "model": str(model_name_or_dir),
         "adapter": str(adapter) if adapter else None,

@@ -301,7 +301,8 @@ def export_coreset(
     atomic_write_json(out_dir / "dataset_info.json", info)
     header = "# axolotl `datasets:` stanza for the exported coresets (pick one item per run).\n"
     header += "# " + WEIGHT_NOTE.replace("`", "") + "\n"
-    atomic_write_text(out_dir / "axolotl_datasets.yaml", header + yaml.safe_dump({"datasets": stanzas}, sort_keys=False))
+    stanza_text = yaml.safe_dump({"datasets": stanzas}, sort_keys=False)
+    atomic_write_text(out_dir / "axolotl_datasets.yaml", header + stanza_text)
     atomic_write_text(out_dir / "EXPORTS.md", _exports_readme(out_dir, name, sorted(result), schema))
     return result
 

@@ -40,7 +40,8 @@ STEPS_DIR = "steps"
 RUN_FILE = "run.json"
 DEMO_DATA_VERSION = 1  # bump when mint.demo_data changes what it generates
 # Folders and files a run creates; --overwrite clears only these, never anything else.
-STEP_DIRS = (STEPS_DIR, "data", "warmup", "grads", "select", "export", "train_coreset", "train_random", "train_full", "eval")
+STEP_DIRS = (STEPS_DIR, "data", "warmup", "grads", "select", "export", "train_coreset", "train_random",
+             "train_full", "eval")
 RUN_FILES = (RUN_FILE, "config.yaml", "report.md", "summary.json")
 
 
@@ -98,12 +99,14 @@ class _Steps:
             log.info("step %-14s up to date, skipped", name)
             self.infos[name] = info
             return info
-        if (state is None or state.get("key") != key) and folder.exists():
-            # outputs of other settings (or of unknown origin): the step functions would refuse them
+        if state is not None and state.get("key") != key and folder.exists():
+            # outputs of other settings: the step functions would refuse them
             log.info("step %-14s settings changed; clearing %s", name, folder)
             shutil.rmtree(folder)
-        elif state is not None and state.get("status") == "running":
-            log.info("step %-14s resuming an interrupted run", name)
+        elif folder.exists():
+            # an interrupted run, or outputs made outside the pipeline (e.g. features computed
+            # with torchrun): the step functions resume or reuse them after checking their manifests
+            log.info("step %-14s continuing with the existing %s", name, folder)
         record = {"step": name, "key": key, "status": "running", "inputs": inputs, "versions": versions()}
         atomic_write_json(state_path, record)
         log.info("step %-14s running", name)
@@ -130,7 +133,7 @@ def _claim_run_dir(run_dir: Path, identity: dict, overwrite: bool, protected: li
         old = read_json(run_file).get("identity")
         if old != identity:
             diff = sorted(k for k in set(old or {}) | set(identity) if (old or {}).get(k) != identity.get(k))
-            problem = (f"{run_dir} holds a different run (its {', '.join(diff)} differ{'s' if len(diff) == 1 else ''}); "
+            problem = (f"{run_dir} holds a different run (differing: {', '.join(diff)}); "
                        "choose another output_dir, or pass --overwrite to replace that run")
     elif run_dir.is_dir() and any(run_dir.iterdir()):
         problem = (f"{run_dir} is not empty and was not made by `mint run`; choose another output_dir, "
@@ -173,15 +176,20 @@ def _check_eval_schema(train_path: Path, eval_path: Path) -> None:
 def run_pipeline(cfg: RunConfig, *, overwrite: bool = False) -> PipelineResult:
     """Run (or resume) every step of `cfg` in `cfg.output_dir`; returns what ran and the metrics."""
     cfg.validate()
+    # OpenMP threads that spin while waiting make a busy machine several times slower (measured
+    # 8x with 2 threads on a shared 2-core box); passive waiting costs little on an idle one.
+    # Only effective when torch is not imported yet.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.output_dir)
-    user_files = [Path(p) for p in (cfg.data.train, cfg.data.eval) if p]
-    for p in user_files:
-        if not p.is_file():
-            raise FileNotFoundError(f"data file not found: {p} (config key data.{'train' if p == Path(cfg.data.train or '') else 'eval'})")
+    user_files = []
+    for key, value in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
+        if value and not Path(value).is_file():
+            raise FileNotFoundError(f"data file not found: {value} (config key {key})")
+        user_files += [Path(value)] if value else []
     identity = {"model": cfg.model.name,
                 "train_data": sha256_file(cfg.data.train) if cfg.data.train else f"built-in demo v{DEMO_DATA_VERSION}"}
     _claim_run_dir(run_dir, identity, overwrite, user_files)
@@ -203,7 +211,8 @@ def run_pipeline(cfg: RunConfig, *, overwrite: bool = False) -> PipelineResult:
         return out
 
     if cfg.data.train is None:
-        data_inputs = {"demo": DEMO_DATA_VERSION, "n_train": cfg.data.demo_examples, "n_eval": cfg.data.demo_eval_examples}
+        data_inputs = {"demo": DEMO_DATA_VERSION, "n_train": cfg.data.demo_examples,
+                       "n_eval": cfg.data.demo_eval_examples}
     else:
         data_inputs = {"train": str(cfg.data.train), "train_sha256": identity["train_data"],
                        "eval": str(cfg.data.eval), "eval_sha256": sha256_file(cfg.data.eval) if cfg.data.eval else None}
@@ -216,7 +225,10 @@ def run_pipeline(cfg: RunConfig, *, overwrite: bool = False) -> PipelineResult:
     from .records import read_records
 
     n_records = len(read_records(train_path))
-    render = {"schema": cfg.data.schema, "template": cfg.data.template, "max_length": cfg.data.max_length}
+    # how records become token ids: the same for every step that reads data
+    text = {"schema": cfg.data.schema, "template": cfg.data.template, "max_length": cfg.data.max_length,
+            "long_prompts": cfg.data.long_prompts}
+    render = dict(text)
     common = {"model": cfg.model.name, "data_key": data.key, "render": render, "seed": cfg.seed}
     lora = _lora(cfg)
 
@@ -226,9 +238,8 @@ def run_pipeline(cfg: RunConfig, *, overwrite: bool = False) -> PipelineResult:
 
         run_warmup(cfg.model.name, train_path, folder, sample_ratio=cfg.warmup.sample_ratio,
                    epochs=cfg.warmup.epochs, lr=cfg.warmup.lr, batch_size=cfg.warmup.batch_size,
-                   grad_accum=cfg.warmup.grad_accum, lora=lora, max_length=cfg.data.max_length,
-                   seed=cfg.seed, template=cfg.data.template, schema=cfg.data.schema,
-                   device=cfg.model.device, dtype=cfg.model.dtype)
+                   grad_accum=cfg.warmup.grad_accum, lora=lora, seed=cfg.seed, device=cfg.model.device,
+                   dtype=cfg.model.dtype, **text)
         return {"dir": steps.rel(folder)}
 
     warm = steps.run("warmup", {**common, "lora": asdict(cfg.lora), "warmup": asdict(cfg.warmup),
@@ -240,8 +251,7 @@ def run_pipeline(cfg: RunConfig, *, overwrite: bool = False) -> PipelineResult:
 
         compute_features(cfg.model.name, train_path, steps.abs(warm.outputs["dir"]), folder,
                          proj_dim=cfg.grads.proj_dim, grad_type=cfg.grads.grad_type,
-                         batch_size=cfg.grads.batch_size, max_length=cfg.data.max_length, seed=cfg.seed,
-                         template=cfg.data.template, schema=cfg.data.schema, device=cfg.model.device)
+                         batch_size=cfg.grads.batch_size, seed=cfg.seed, device=cfg.model.device, **text)
         return {"dir": steps.rel(folder)}
 
     grads = steps.run("grads", {"warmup": warm.key, "grads": asdict(cfg.grads), "render": render,
@@ -290,9 +300,8 @@ def run_pipeline(cfg: RunConfig, *, overwrite: bool = False) -> PipelineResult:
 
             out = train_lora(cfg.model.name, train_path, folder, indices=idx, weights=w, weighting=weighting,
                              epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, grad_accum=t.grad_accum,
-                             lora=lora, max_length=cfg.data.max_length, seed=cfg.seed,
-                             template=cfg.data.template, schema=cfg.data.schema, device=cfg.model.device,
-                             dtype=cfg.model.dtype, overwrite=True)
+                             lora=lora, seed=cfg.seed, device=cfg.model.device, dtype=cfg.model.dtype,
+                             overwrite=True, **text)
             return {"adapter": steps.rel(Path(out) / "adapter"),
                     "n_train": len(idx) if idx is not None else n_records}
         return do_train
@@ -328,9 +337,8 @@ def run_pipeline(cfg: RunConfig, *, overwrite: bool = False) -> PipelineResult:
                                                            dtype=cfg.model.dtype))
                 adapter = steps.abs(trained[label].outputs["adapter"]) if label != "base" else None
                 evaluate(cfg.model.name, eval_path, adapter=adapter, output_dir=folder, batch_size=e.batch_size,
-                         max_length=cfg.data.max_length, template=cfg.data.template, schema=cfg.data.schema,
                          generate=e.generate, max_new_tokens=e.max_new_tokens, generate_limit=e.generate_limit,
-                         model_and_tokenizer=loaded[0])
+                         model_and_tokenizer=loaded[0], **text)
                 return {"metrics": steps.rel(folder / "metrics.json")}
             return do_eval
 

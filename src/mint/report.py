@@ -106,7 +106,8 @@ def write_report(run_dir: Path, cfg, infos: dict, metrics: dict[str, dict], *, s
         gen = any("generation" in m for m in metrics.values())
         lines += ["", "## Held-out evaluation", "",
                   "Response-token losses (lower is better); perplexity = exp(token-weighted SFT loss).", "",
-                  "| model | SFT loss | PT loss | IFL loss | perplexity |" + (" exact match | ROUGE-L |" if gen else ""),
+                  "| model | SFT loss | PT loss | IFL loss | perplexity |"
+                  + (" exact match | ROUGE-L |" if gen else ""),
                   "|---|---:|---:|---:|---:|" + ("---:|---:|" if gen else "")]
         for label in [m for m in MODEL_ROWS if m in metrics]:
             m = metrics[label]
@@ -127,7 +128,8 @@ def write_report(run_dir: Path, cfg, infos: dict, metrics: dict[str, dict], *, s
             lines += ["", "### SFT loss per task", "", "| task | n | " + " | ".join(labels) + " |",
                       "|---|---:|" + "---:|" * len(labels)]
             for task in tasks:
-                n = next((m["per_task"][task]["n_examples"] for m in metrics.values() if task in m.get("per_task", {})), "")
+                n = next((m["per_task"][task]["n_examples"] for m in metrics.values()
+                          if task in m.get("per_task", {})), "")
                 vals = [_fmt((metrics[lab].get("per_task") or {}).get(task, {}).get("sft_loss")) for lab in labels]
                 lines.append(f"| {task} | {n} | " + " | ".join(vals) + " |")
         lines += ["", "Benchmarks: hand an adapter to lm-evaluation-harness, e.g.", "", "```",

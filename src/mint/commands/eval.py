@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", default="auto", choices=["auto", "chat", "plain"], help="prompt rendering")
     parser.add_argument("--schema", default="auto", choices=["auto", "alpaca", "chat", "prompt_completion"],
                         help="record schema (default: from the first record)")
+    parser.add_argument("--long_prompts", choices=("error", "truncate"), default="error",
+                        help="a prompt that alone fills max_length: error (default) or truncate it from the left")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     parser.add_argument("--generate", action="store_true", help="also greedy-generate and score exact match, ROUGE-L")
@@ -36,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     if adapter and not (Path(adapter) / "adapter_config.json").is_file() and (Path(adapter) / "adapter").is_dir():
         adapter = str(Path(adapter) / "adapter")  # the folder of `mint train` holds adapter/
     m = evaluate(args.model, args.data, adapter=adapter, output_dir=args.output_dir, batch_size=args.batch_size,
-                 max_length=args.max_length, template=args.template, schema=args.schema, device=args.device,
+                 max_length=args.max_length, template=args.template, schema=args.schema, long_prompts=args.long_prompts,
+                 device=args.device,
                  dtype=args.dtype, generate=args.generate, max_new_tokens=args.max_new_tokens,
                  generate_limit=args.generate_limit)
     shown = {k: m[k] for k in ("n_examples", "sft_loss", "pt_loss", "ifl_loss", "perplexity")}
