@@ -88,3 +88,21 @@ def test_export_coreset_writes_every_ratio_and_trainer_configs(tmp_path):
     small.write_text("".join(json.dumps(r) + "\n" for r in records[:10]))
     with pytest.raises(MintError, match="exceeds the dataset of 10 records"):
         export_coreset(small, sel, tmp_path / "exp3")
+
+
+def test_export_coreset_refuses_a_selection_made_on_other_data(tmp_path):
+    from mint._io import atomic_save_npz, atomic_write_json, sha256_file
+    from mint.export import export_coreset
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in make_alpaca_records(20)))
+    sel = tmp_path / "select"
+    atomic_save_npz(sel / "coreset_0.10.npz", indices=np.array([4, 9]), weights=np.array([12, 8]))
+    atomic_write_json(sel / "summary.json", {"n": 20, "data": {"sha256": sha256_file(data)}})
+    export_coreset(data, sel, tmp_path / "ok")
+    atomic_write_json(sel / "summary.json", {"n": 20, "data": {"sha256": "0" * 64}})
+    with pytest.raises(MintError, match="sha256 mismatch"):
+        export_coreset(data, sel, tmp_path / "bad")
+    atomic_write_json(sel / "summary.json", {"n": 21})
+    with pytest.raises(MintError, match="over 21 examples"):
+        export_coreset(data, sel, tmp_path / "bad")

@@ -250,7 +250,8 @@ def _check_selection_matches(selection_dir: Path, data_path: Path, n_records: in
             f"{summary_path} says the selection was made over {n} examples but {data_path} holds {n_records} "
             "records; pass the data file the features were computed from"
         )
-    recorded = summary.get("data_sha256")
+    data = summary.get("data") if isinstance(summary.get("data"), dict) else {}
+    recorded = summary.get("data_sha256") or data.get("sha256")
     if isinstance(recorded, str) and recorded != sha256_file(data_path):
         raise MintError(f"{data_path} differs from the data file recorded in {summary_path} (sha256 mismatch); "
                         "pass the file the selection was made from")
