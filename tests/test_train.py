@@ -94,6 +94,7 @@ def test_training_outputs_are_split_independent_and_seeded(tiny_model_dir, alpac
     assert (a / "adapter" / "adapter_model.safetensors").read_bytes() == \
         (c / "adapter" / "adapter_model.safetensors").read_bytes() == \
         (d / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert (a / "optimizer.safetensors").read_bytes() == (c / "optimizer.safetensors").read_bytes()
     m = read_train_manifest(a)
     assert m["config"]["n_train"] == 24 and m["n_steps"] == 6 and len(m["history"]) == 6
     assert m["config"]["data_fingerprint"] and "torch" in m["versions"]
@@ -143,6 +144,44 @@ def test_interrupt_leaves_no_output(tiny_model_dir, alpaca_file, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         train_lora(tiny_model_dir, alpaca_file, tmp_path / "run", **FAST)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl"]
+
+
+def test_interrupted_run_resumes_to_the_same_result(tiny_model_dir, alpaca_file, tmp_path, monkeypatch):
+    import mint.train as train_mod
+
+    opts = {**FAST, "epochs": 2, "lora": LoraSettings(r=2, alpha=4, dropout=0.1), "checkpoint_seconds": 0}
+    whole = train_lora(tiny_model_dir, alpaca_file, tmp_path / "whole", **opts)  # 12 steps
+
+    real, calls = train_mod.accumulate_step, []
+
+    def counting(*a, **k):
+        calls.append(1)
+        if stop_at and len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "accumulate_step", counting)
+    stop_at = 8
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(tiny_model_dir, alpaca_file, tmp_path / "run", **opts)
+    assert not (tmp_path / "run").exists() and (tmp_path / ".run.checkpoint.pt").is_file()
+    calls.clear()
+    stop_at = None
+    out = train_lora(tiny_model_dir, alpaca_file, tmp_path / "run", **opts)
+    assert len(calls) == 12 - 7  # steps 8..12 only
+    for name in ("adapter/adapter_model.safetensors", "optimizer.safetensors"):
+        assert (out / name).read_bytes() == (whole / name).read_bytes(), name
+    assert read_train_manifest(out)["history"] == read_train_manifest(whole)["history"]
+    assert not (tmp_path / ".run.checkpoint.pt").exists()
+    # a checkpoint of other settings is ignored
+    calls.clear()
+    stop_at = 3
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(tiny_model_dir, alpaca_file, tmp_path / "other", **opts)
+    calls.clear()
+    stop_at = None
+    train_lora(tiny_model_dir, alpaca_file, tmp_path / "other", **{**opts, "lr": 2e-3})
+    assert len(calls) == 12
 
 
 @pytest.mark.parametrize(

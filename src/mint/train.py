@@ -16,7 +16,8 @@ Output folder:
 
 - ``adapter/``: the LoRA adapter (peft ``save_pretrained``);
 - ``optimizer.safetensors``: the AdamW state keyed by the adapter's parameter names
-  (``<key>.exp_avg``, ``<key>.exp_avg_sq``, ``<key>.step``; betas, eps and step in the metadata);
+  (``<key>.exp_avg``, ``<key>.exp_avg_sq``, ``<key>.step``; betas, eps and step as JSON in the
+  metadata key ``mint_adamw``);
 - ``manifest.json``: config, data fingerprint, base model, versions, seed, loss history; written
   last, so its presence marks a finished run.
 
@@ -219,6 +220,7 @@ def train_lora(
     dtype: str = "auto",
     overwrite: bool = False,
     progress: bool = True,
+    checkpoint_seconds: float = 300.0,
     kind: str = "train",
     extra: dict | None = None,
 ) -> Path:
@@ -229,8 +231,10 @@ def train_lora(
     lr: AdamW learning rate, with linear warm-up over ``warmup_ratio`` of the steps and linear
     decay to 0. batch_size: examples per forward pass; grad_accum: forward passes per optimizer
     step (the update does not depend on the split). lora: a `mint.modeling.LoraSettings` (None:
-    its defaults). max_grad_norm: gradient clipping (None: off). ``extra``: more provenance for
-    the manifest (kept out of the resume check).
+    its defaults). max_grad_norm: gradient clipping (None: off). checkpoint_seconds: how often
+    the mid-run state (LoRA weights, optimizer, schedule, RNG) is saved beside ``output_dir``; an
+    interrupted run with the same settings continues from it and ends with the same adapter as an
+    uninterrupted one. ``extra``: more provenance for the manifest (kept out of the resume check).
     """
     import torch
 
@@ -284,13 +288,15 @@ def train_lora(
         return output_dir
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Mid-run state for resuming after an interruption; beside the output, removed once it is published.
+    checkpoint = output_dir.with_name(f".{output_dir.name}.checkpoint.pt")
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
     try:
         manifest = _train(examples, idx, w, config, tmp, model_name_or_dir=model_name_or_dir,
                           device=device, dtype=dtype, lora=lora, progress=progress,
                           tokenize=lambda ex, tok: tokenize_examples(ex, tok, max_length=max_length,
                                                                      template=template, long_prompts=long_prompts),
-                          collate_ids=collate_ids)
+                          collate_ids=collate_ids, checkpoint=checkpoint, checkpoint_seconds=checkpoint_seconds)
         manifest.update({
             "data": {"path": str(data_path.resolve()), "file_sha256": sha256_file(data_path),
                      "fingerprint": config["data_fingerprint"], "settings": data_settings},
@@ -299,6 +305,7 @@ def train_lora(
         np.save(tmp / "indices.npy", idx)  # which records were trained on, for inspection
         atomic_write_json(tmp / "manifest.json", manifest)  # last: marks the run finished
         _publish(tmp, output_dir)
+        checkpoint.unlink(missing_ok=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -306,7 +313,7 @@ def train_lora(
 
 
 def _train(examples, idx, w, config, out: Path, *, model_name_or_dir, device, dtype, lora, progress,
-           tokenize, collate_ids) -> dict:
+           tokenize, collate_ids, checkpoint: Path, checkpoint_seconds: float) -> dict:
     import torch
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -340,11 +347,17 @@ def _train(examples, idx, w, config, out: Path, *, model_name_or_dir, device, dt
     betas, eps = (0.9, 0.999), 1e-8  # torch/transformers AdamW defaults
     optimizer = torch.optim.AdamW(params, lr=config["lr"], betas=betas, eps=eps, weight_decay=config["weight_decay"])
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config["warmup_ratio"] * len(steps)), len(steps))
-    history = []
-    log.info("training LoRA on %d examples (%d optimizer steps of %d, weighting %s) on %s",
-             n, len(steps), per_step, config["weighting"], device)
-    bar = tqdm(total=n_total, unit="ex", desc=config["kind"], disable=not progress)
+    history: list[dict] = []
+    done = _load_checkpoint(checkpoint, config, model, optimizer, scheduler, history)
+    log.info("training LoRA on %d examples (%d optimizer steps of %d, weighting %s) on %s%s",
+             n, len(steps), per_step, config["weighting"], device,
+             f", resuming after step {done}" if done else "")
+    bar = tqdm(total=n_total, initial=sum(len(s) for s in steps[:done]), unit="ex", desc=config["kind"],
+               disable=not progress)
+    last_save = time.time()
     for step, positions in enumerate(steps, start=1):
+        if step <= done:
+            continue
         optimizer.zero_grad(set_to_none=True)
         weighted, plain = accumulate_step(model, [tokenized[p] for p in positions], coefs[positions],
                                           batch_size=config["batch_size"], **ids)
@@ -358,6 +371,9 @@ def _train(examples, idx, w, config, out: Path, *, model_name_or_dir, device, dt
         scheduler.step()
         bar.update(len(positions))
         bar.set_postfix(loss=f"{weighted:.4f}")
+        if step < len(steps) and time.time() - last_save >= checkpoint_seconds:
+            _save_checkpoint(checkpoint, config, step, model, optimizer, scheduler, history)
+            last_save = time.time()
     bar.close()
 
     model.save_pretrained(out / "adapter")
@@ -398,7 +414,10 @@ def _save_optimizer_state(model, optimizer, path: Path, *, betas, eps) -> None:
         tensors[f"{key}.exp_avg_sq"] = state["exp_avg_sq"].detach().float().cpu().contiguous()
         step = int(float(state["step"]))  # a tensor in torch's AdamW, a number in older versions
         tensors[f"{key}.step"] = torch.tensor([float(step)], dtype=torch.float32)
-    meta = {"format": "mint.adamw/1", "betas": json.dumps(list(betas)), "eps": repr(float(eps)), "step": str(step)}
+    # One metadata key: safetensors writes its metadata map in no fixed order, and the same run
+    # must give the same bytes.
+    meta = {"mint_adamw": json.dumps({"format": 1, "betas": list(betas), "eps": float(eps), "step": step},
+                                     sort_keys=True)}
     atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
@@ -426,8 +445,72 @@ def load_optimizer_state(folder: str | os.PathLike) -> dict[str, Any]:
             raise MintError(f"{path} does not match the adapter in {folder / 'adapter'} (parameter names differ); "
                             "rerun `mint warmup` into a fresh folder")
     try:
-        betas = tuple(float(b) for b in json.loads(meta["betas"]))
-        eps, step = float(meta["eps"]), int(meta["step"])
-    except (KeyError, ValueError) as e:
+        hyper = json.loads(meta["mint_adamw"]) if "mint_adamw" in meta else {}
+        # Separate string keys: the layout of the first version of this file; they take precedence.
+        hyper.update({k: json.loads(meta[k]) for k in ("betas", "eps", "step") if k in meta})
+        betas = tuple(float(b) for b in hyper["betas"])
+        eps, step = float(hyper["eps"]), int(hyper["step"])
+    except (KeyError, ValueError, TypeError) as e:
         raise MintError(f"{path}: optimizer metadata (betas, eps, step) missing or invalid; rerun `mint warmup`") from e
     return {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "step": step, "betas": betas, "eps": eps}
+
+
+# ---------------------------------------------------------------------------------------------
+# Mid-run checkpoints
+
+
+def _save_checkpoint(path: Path, config: dict, step: int, model, optimizer, scheduler, history) -> None:
+    import io
+
+    import torch
+
+    from ._io import atomic_write_bytes
+    from .modeling import lora_named_parameters
+
+    state = {
+        "config_json": json.dumps(config, sort_keys=True),
+        "step": step,
+        "lora": {k: p.detach().cpu().clone() for k, p in lora_named_parameters(model)},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "history_json": json.dumps(history),
+    }
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    log.debug("checkpoint after step %d -> %s", step, path)
+
+
+def _load_checkpoint(path: Path, config: dict, model, optimizer, scheduler, history: list) -> int:
+    """Restore the state saved by `_save_checkpoint` when it belongs to this config; the number
+    of optimizer steps already done (0 when there is nothing to resume)."""
+    import torch
+
+    from .modeling import lora_named_parameters
+
+    if not path.is_file():
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a checkpoint is an optimisation: a broken one means starting over
+        log.warning("ignoring unreadable checkpoint %s (%s); starting over", path, e)
+        return 0
+    if state.get("config_json") != json.dumps(config, sort_keys=True):
+        log.info("checkpoint %s belongs to other settings; starting over", path)
+        return 0
+    params = dict(lora_named_parameters(model))
+    if set(params) != set(state["lora"]):
+        log.warning("checkpoint %s does not match the adapter; starting over", path)
+        return 0
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(state["lora"][k].to(p.device, p.dtype))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    history.extend(json.loads(state["history_json"]))
+    return int(state["step"])
