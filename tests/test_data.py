@@ -150,6 +150,19 @@ def test_bos_prepended_only_when_tokenizer_adds_it(tmp_path, tok):
     assert with_bos[0].response_ids == plain[0].response_ids
 
 
+def test_chat_template_failure_names_the_record(tmp_path):
+    strict = build_tiny_tokenizer()
+    strict.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                            "{{ raise_exception('System role not supported') }}{% endif %}{{ m['content'] }}{% endfor %}")
+    chat = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]},
+            {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"},
+                          {"role": "assistant", "content": "ok"}]}]
+    ex = load_examples(write_jsonl(tmp_path / "c.jsonl", chat))
+    with pytest.raises(MintError, match=r"record 1: the tokenizer's chat template failed.*System role"):
+        tokenize_examples(ex, strict, max_length=64)
+    assert len(tokenize_examples(ex, strict, max_length=64, template="plain")) == 2
+
+
 def test_truncation_keeps_the_response(tmp_path, tok, caplog):
     long_input = " ".join(["apple banana"] * 30)
     records = [{"instruction": "sort the list", "input": long_input, "output": "one two three"},

@@ -288,7 +288,15 @@ def tokenize_examples(
         raise MintError("the tokenizer has no EOS token; the response must end with one")
     bos = tokenizer.bos_token_id
     add_bos = _adds_bos(tokenizer)
-    prompts = [render_prompt(ex, tokenizer, template=template) for ex in examples]
+    prompts = []
+    for ex in examples:
+        try:
+            prompts.append(render_prompt(ex, tokenizer, template=template))
+        except MintError:
+            raise
+        except Exception as e:  # e.g. a chat template that rejects a system message or role order
+            raise MintError(f"record {ex.index}: the tokenizer's chat template failed ({type(e).__name__}: {e}); "
+                            "fix the record's messages or use template 'plain'") from e
     # Batch calls to the fast tokenizer: one Rust call instead of one per example.
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
     response_ids = tokenizer([ex.response for ex in examples], add_special_tokens=False)["input_ids"] if prompts else []

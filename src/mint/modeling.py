@@ -109,9 +109,15 @@ def resolve_model(name_or_dir: str | os.PathLike) -> Path:
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1  # hub ids are "org/name"
     if looks_like_path or path.exists():
         raise MintError(f"model folder {path} not found; pass an existing folder, a hub id, or {SMOLLM2_ALIAS!r}")
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download
 
+    try:  # the local hub cache first: no network when the model is already there
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+            raise RuntimeError("HF_HUB_OFFLINE is set")
         return Path(snapshot_download(name))
     except Exception as e:
         raise MintError(
