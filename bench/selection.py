@@ -44,6 +44,13 @@ def make_features(n: int, d: int, seed: int = 0, clusters=(64, 40), spread: floa
     return out
 
 
+def _cpu_s() -> float:
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _rss_reset() -> None:
     try:  # reset the kernel's peak-RSS counter (VmHWM) so the peak covers only what follows
         with open(f"/proc/{os.getpid()}/clear_refs", "w") as f:
@@ -78,18 +85,24 @@ def run_timing(n: int, d: int, seed: int, n_jobs: int | None, skip_floor: bool) 
     out = {"n": n, "d": d, "seed": seed, "generate_s": round(gen_s, 1), "load_before": os.getloadavg()}
     base = _rss_now_gib()
     _rss_reset()
+    cpu0 = _cpu_s()
     t = time.perf_counter()
     res = select_coreset(feats, RATIOS, seed=seed, n_jobs=n_jobs, progress=False)
     out["select_s"] = round(time.perf_counter() - t, 2)
+    # CPU seconds of this process and its scan workers: less sensitive than wall time to other
+    # jobs on a shared machine (wall ~ cpu / 2 when both cores are ours)
+    out["select_cpu_s"] = round(_cpu_s() - cpu0, 1)
     out["select_peak_rss_gib"] = round(_rss_peak_gib(), 2)
     out["features_rss_gib"] = round(base, 2)
     out["alpha"] = res.alpha
     out["stages_s"] = {k: round(v, 2) for k, v in res.timings.items()}
     if not skip_floor:
         _rss_reset()
+        cpu0 = _cpu_s()
         t = time.perf_counter()
         D = combined_distances(feats, alpha_combination(0.5))  # both PT and IFL distances, all pairs
         out["floor_distances_s"] = round(time.perf_counter() - t, 2)
+        out["floor_cpu_s"] = round(_cpu_s() - cpu0, 1)
         del D
         out["select_over_floor"] = round(out["select_s"] / out["floor_distances_s"], 2)
     out["load_after"] = os.getloadavg()

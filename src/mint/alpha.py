@@ -155,11 +155,13 @@ class AlphaCurve:
 def _alpha_similarity(d_pt: np.ndarray, d_ifl: np.ndarray, alpha: float, out: np.ndarray) -> np.ndarray:
     """`S_a = max(D_a) - D_a` into `out`, row chunk by row chunk (no second n x n temporary)."""
     n = d_pt.shape[0]
+    top = -np.inf
     for s in range(0, n, _ROW_CHUNK):
         e = min(s + _ROW_CHUNK, n)
         np.divide(d_pt[s:e], alpha, out=out[s:e])
         out[s:e] += d_ifl[s:e] / (1.0 - alpha)
-    top = out.max()
+        top = max(top, out[s:e].max())  # while the chunk is still in cache
+    top = out.dtype.type(top)
     np.subtract(top, out, out=out)
     return out
 
@@ -177,7 +179,7 @@ def evaluate_alpha(d_pt, d_ifl, alpha: float, k: int, buffer: np.ndarray | None 
     if buffer is None:
         buffer = np.empty_like(d_pt)
     S = _alpha_similarity(d_pt, d_ifl, alpha, buffer)
-    order, _ = lazy_greedy(S, k, symmetric=True)
+    order, _ = lazy_greedy(S, k, symmetric=True, nonnegative=True)
     return min_distance_sum(d_pt, order), min_distance_sum(d_ifl, order), order
 
 

@@ -103,8 +103,8 @@ def _check_features(features: Mapping[str, np.ndarray], needed: Sequence[str], m
     if n < 2:
         raise MintError(f"need at least 2 examples to select from, got N={n}")
     for kind, X in features.items():
-        if X is None:
-            continue
+        if X is None or (kind not in needed and kind not in ("pt", "ifl")):
+            continue  # an unused kind (SFT for MINT) is never read, so it is not checked either
         bad = _nonfinite_rows(X)
         if len(bad):
             shown = ", ".join(str(i) for i in bad[:10]) + (" ..." if len(bad) > 10 else "")
@@ -408,7 +408,7 @@ def select_coreset(
         timings["distances_s"] = time.perf_counter() - t1
         strategy = "cached" if cached is not None else "blockwise"
         t2 = time.perf_counter()
-        order, gains = lazy_greedy(S, k_max, symmetric=True)
+        order, gains = lazy_greedy(S, k_max, symmetric=True, nonnegative=True)
         weights = prefix_weights(S, order, [min(k, n) for k in ks.values()], symmetric=True)
         timings["greedy_s"] = time.perf_counter() - t2
         del S
