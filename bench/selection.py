@@ -9,6 +9,8 @@ the engine with a straightforward dense float64 implementation.
     .venv/bin/python bench/selection.py --n 8000 --d 8192
     .venv/bin/python bench/selection.py --n 8000 --d 1024
     .venv/bin/python bench/selection.py --exactness --n 2000 --d 8192
+    .venv/bin/python bench/selection.py --n 52000 --d 256 --alpha 0.97 --skip_floor   # full-N stage only
+    .venv/bin/python bench/selection.py --n 52000 --d 256 --one_alpha 0.97             # one scan point
 """
 from __future__ import annotations
 
@@ -75,7 +77,26 @@ def _rss_now_gib() -> float:
     return float("nan")
 
 
-def run_timing(n: int, d: int, seed: int, n_jobs: int | None, skip_floor: bool) -> dict:
+def run_one_alpha(n: int, d: int, seed: int, alpha: float) -> dict:
+    """The cost of one point of the alpha scan at this N: the pre-sample greedy for one alpha
+    (the scan runs 174 of them, spread over the cores)."""
+    from mint.alpha import evaluate_alpha
+    from mint.distances import pairwise_distances
+
+    feats = make_features(n, d, seed)
+    n_pre = max(2, round(0.3 * n))
+    pre = np.random.default_rng(seed).choice(n, n_pre, replace=False)
+    t = time.perf_counter()
+    d_pt, d_ifl = pairwise_distances(feats["pt"][pre]), pairwise_distances(feats["ifl"][pre])
+    out = {"n": n, "d": d, "n_pre": n_pre, "k_pre": max(1, round(0.15 * n_pre)),
+           "pre_distances_s": round(time.perf_counter() - t, 2)}
+    cpu0, t = _cpu_s(), time.perf_counter()
+    evaluate_alpha(d_pt, d_ifl, alpha, out["k_pre"])
+    out["one_alpha_s"], out["one_alpha_cpu_s"] = round(time.perf_counter() - t, 2), round(_cpu_s() - cpu0, 2)
+    return out
+
+
+def run_timing(n: int, d: int, seed: int, n_jobs: int | None, skip_floor: bool, alpha: float | None = None) -> dict:
     from mint import select_coreset
     from mint.distances import alpha_combination, combined_distances
 
@@ -87,7 +108,7 @@ def run_timing(n: int, d: int, seed: int, n_jobs: int | None, skip_floor: bool) 
     _rss_reset()
     cpu0 = _cpu_s()
     t = time.perf_counter()
-    res = select_coreset(feats, RATIOS, seed=seed, n_jobs=n_jobs, progress=False)
+    res = select_coreset(feats, RATIOS, alpha=alpha, seed=seed, n_jobs=n_jobs, progress=False)
     out["select_s"] = round(time.perf_counter() - t, 2)
     # CPU seconds of this process and its scan workers: less sensitive than wall time to other
     # jobs on a shared machine (wall ~ cpu / 2 when both cores are ours)
@@ -196,14 +217,18 @@ def main(argv=None) -> int:
     p.add_argument("--n_jobs", type=int, default=None, help="alpha-scan workers (default: all cores)")
     p.add_argument("--exactness", action="store_true", help="compare with a dense float64 implementation")
     p.add_argument("--skip_floor", action="store_true", help="do not time the bare distance computation")
+    p.add_argument("--alpha", type=float, default=None, help="manual alpha: time only the full-N stage")
+    p.add_argument("--one_alpha", type=float, default=None, help="time one point of the pre-sample scan")
     args = p.parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.exactness:
         result = run_exactness(args.n, args.d, args.seed, args.n_jobs)
+    elif args.one_alpha is not None:
+        result = run_one_alpha(args.n, args.d, args.seed, args.one_alpha)
     else:
-        result = run_timing(args.n, args.d, args.seed, args.n_jobs, args.skip_floor)
+        result = run_timing(args.n, args.d, args.seed, args.n_jobs, args.skip_floor, args.alpha)
     result["cpus"] = len(os.sched_getaffinity(0))
     print(json.dumps(result, default=str))
     return 0

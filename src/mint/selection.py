@@ -407,10 +407,12 @@ def select_coreset(
             similarity_from_distance(S, out=S)  # in place: the one N x N matrix
         timings["distances_s"] = time.perf_counter() - t1
         strategy = "cached" if cached is not None else "blockwise"
+        logger.info("distances on all %d rows (%s): %.1f s", n, strategy, timings["distances_s"])
         t2 = time.perf_counter()
         order, gains = lazy_greedy(S, k_max, symmetric=True, nonnegative=True)
         weights = prefix_weights(S, order, [min(k, n) for k in ks.values()], symmetric=True)
         timings["greedy_s"] = time.perf_counter() - t2
+        logger.info("greedy for k = %d: %.1f s", k_max, timings["greedy_s"])
         del S
     errors = {}
     if method == "random":
