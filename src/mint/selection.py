@@ -511,7 +511,10 @@ def _prepare_output(out, run_key: str, overwrite: bool) -> None:
     if not entries:
         return
     marker = out / "run.json"
-    same = marker.is_file() and read_json(marker).get("run_key") == run_key
+    try:
+        same = marker.is_file() and read_json(marker).get("run_key") == run_key
+    except (OSError, ValueError, AttributeError):
+        same = False  # an unreadable marker is treated as a different run
     if same:
         return
     if not overwrite:
