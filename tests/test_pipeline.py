@@ -128,3 +128,12 @@ def test_refuses_a_folder_holding_a_different_run(run_config, tmp_path):
     with pytest.raises(MintError, match="holds a different run .differing: model, train_data"):
         run_pipeline(load_config(run_config))
     assert main(["run", "--config", str(run_config)]) == 2  # the CLI prints it as an error
+
+
+def test_evaluation_file_in_another_schema_is_refused_before_any_training(run_config, tmp_path):
+    chat = _write(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                          {"role": "assistant", "content": "hello"}]}])
+    cfg = load_config(run_config, {"data.eval": str(chat)})
+    with pytest.raises(MintError, match="chat.jsonl is in the chat schema but the training data .* is alpaca"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run" / "warmup").exists()

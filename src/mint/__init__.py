@@ -13,6 +13,9 @@ _LAZY = {
     "SelectionResult": "mint.selection",
     "Subset": "mint.selection",
     "load_features": "mint.store",
+    "load_config": "mint.config",
+    "run_pipeline": "mint.pipeline",
+    "export_subset": "mint.export",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -249,7 +249,10 @@ def evaluate(
                 entry["exact_match"] = sum(r["exact_match"] for r in scored) / len(scored)
                 entry["rouge_l"] = sum(r["rouge_l"] for r in scored) / len(scored)
             metrics["per_task"][task] = entry
-    base_dir = resolve_model(model_name_or_dir) if model_and_tokenizer is None else None
+    try:  # the folder lm-evaluation-harness needs (an alias is resolved to its converted folder)
+        base_dir = resolve_model(model_name_or_dir)
+    except (MintError, OSError):
+        base_dir = model_name_or_dir
     settings = {"schema": examples[0].schema, "template": template, "max_length": max_length,
                 "long_prompts": long_prompts}
     metrics["provenance"] = {
@@ -263,7 +266,7 @@ def evaluate(
                      "dtype": str(next(model.parameters()).dtype), "device": str(next(model.parameters()).device)},
         "versions": versions(),
         "seconds": round(time.perf_counter() - t0, 3),
-        "lm_eval": lm_eval_command(base_dir or model_name_or_dir, adapter),
+        "lm_eval": lm_eval_command(base_dir, adapter),
     }
     if output_dir is not None:
         out = Path(output_dir)

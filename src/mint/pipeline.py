@@ -311,7 +311,9 @@ def run_pipeline(cfg: RunConfig, *, overwrite: bool = False) -> PipelineResult:
         "train_coreset", {**train_common, "select": select.key, "ratio": ratio, "weighting": t.weighting},
         trainer(indices, weights, t.weighting))
     if t.random_baseline:
-        rand_idx = np.sort(np.random.default_rng(cfg.seed).choice(n_records, size=k, replace=False))
+        # its own stream: default_rng(seed) would draw the warm-up sample again when k matches its size
+        rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(1,)))
+        rand_idx = np.sort(rng.choice(n_records, size=k, replace=False))
         trained["random"] = steps.run("train_random", {**train_common, "k": k, "n": n_records},
                                       trainer(rand_idx, None, "none"))
     if t.full_baseline:
