@@ -246,3 +246,18 @@ def test_cli_grads_and_bad_arguments(tiny_model_dir, data_file, sgd_warmup_dir, 
     assert main(["grads", "--data", str(tmp_path / "missing.jsonl"), "--model", str(tiny_model_dir),
                  "--warmup_dir", str(sgd_warmup_dir), "--output_dir", str(tmp_path / "o"), "--grad_type", "sgd"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_warnings_for_other_batch_size_and_other_warmup_data(adam_warmup_dir, tiny_model_dir, data_file, tmp_path,
+                                                             caplog):
+    from mint._io import atomic_write_json, read_json
+
+    out = tmp_path / "features"
+    _run(tiny_model_dir, data_file, adam_warmup_dir, out, proj_dim=16)
+    assert "trained on other data" not in caplog.text  # same data and rendering as the warm-up
+    manifest = read_json(out / "manifest.json")
+    atomic_write_json(out / "manifest.json", manifest | {"complete": False})  # as if interrupted
+    _run(tiny_model_dir, data_file, adam_warmup_dir, out, proj_dim=16, batch_size=5)
+    assert "with batch_size 5 (the finished shards used 3)" in caplog.text
+    _run(tiny_model_dir, data_file, adam_warmup_dir, tmp_path / "other", proj_dim=16, max_length=48)
+    assert "trained on other data or rendering settings" in caplog.text

@@ -297,7 +297,8 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     preconditioner = Preconditioner(grad_type, device=model_device, **adam)
 
     # the same rendering settings as mint.train, so warm-up, features and training share a fingerprint
-    render = {"schema": schema, "template": template, "max_length": max_length, "long_prompts": long_prompts}
+    render = {"schema": examples[0].schema, "template": template, "max_length": max_length,
+              "long_prompts": long_prompts}
     tokenized = tokenize_examples(examples, tokenizer, max_length=max_length, template=template,
                                   long_prompts=long_prompts)
     projector = make_projector(collector.grad_dim, proj_dim, seed, kind=projection, device=model_device,
@@ -325,6 +326,7 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
         log.info("%s already holds complete features for these settings; nothing to do", output_dir)
         return output_dir
     if rank == 0:
+        _warn_on_changes(output_dir, info, settings, warmup_dir, overwrite)
         store.prepare(overwrite=overwrite)
     if dist is not None:
         dist.barrier()
@@ -362,6 +364,32 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     if rank == 0:
         log.info("features of %d examples (sft, pt, ifl; raw and normalised) written to %s", len(tokenized), output_dir)
     return output_dir
+
+
+def _warn_on_changes(output_dir: Path, info: dict, settings: dict, warmup_dir: Path, overwrite: bool) -> None:
+    """Warnings for legal but surprising inputs: a resumed run with another batch size (new
+    shards then differ from the old ones by float rounding only), and a warm-up trained on
+    other data or rendering settings than the features."""
+    from ._io import read_json
+
+    manifest_file = output_dir / "manifest.json"
+    if manifest_file.is_file() and not overwrite:
+        try:
+            old = read_json(manifest_file).get("info", {})
+        except (OSError, ValueError, AttributeError):
+            old = {}
+        if old.get("batch_size") not in (None, info["batch_size"]):
+            log.warning("resuming %s with batch_size %s (the finished shards used %s): results agree to float "
+                        "rounding, not byte for byte", output_dir, info["batch_size"], old["batch_size"])
+    warm_manifest = warmup_dir / "manifest.json"
+    if warm_manifest.is_file():
+        try:
+            warm_fp = (read_json(warm_manifest).get("config") or {}).get("data_fingerprint")
+        except (OSError, ValueError, AttributeError):
+            warm_fp = None
+        if warm_fp and warm_fp != settings["data_fingerprint"]:
+            log.warning("the warm-up in %s was trained on other data or rendering settings (data fingerprint "
+                        "differs); features use its adapter as given", warmup_dir)
 
 
 def _keys_hash(keys: list[str]) -> str:
