@@ -13,6 +13,7 @@ _LAZY = {
     "SelectionResult": "mint.selection",
     "Subset": "mint.selection",
     "load_features": "mint.store",
+    "compute_features": "mint.gradients",
     "load_config": "mint.config",
     "run_pipeline": "mint.pipeline",
     "export_subset": "mint.export",
