@@ -101,3 +101,15 @@ def test_adapter_changes_losses_and_base_is_restored(tiny_model_dir, tmp_path):
     assert again["sft_loss"] == pytest.approx(base["sft_loss"], rel=1e-6)  # the adapter was removed
     assert "peft=" in tuned["provenance"]["lm_eval"]
     assert lm_eval_command("B", "A", "hellaswag") == "lm_eval --model hf --model_args pretrained=B,peft=A --tasks hellaswag"
+
+
+def test_mint_eval_command(tiny_model_dir, tmp_path, capsys):
+    from mint.cli import main
+
+    data = tmp_path / "held_out.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in make_alpaca_records(3)))
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--device", "cpu",
+                 "--max_length", "64", "--output_dir", str(tmp_path / "ev")]) == 0
+    shown = json.loads(capsys.readouterr().out.split("metrics written")[0])
+    assert shown["n_examples"] == 3
+    assert read_metrics(tmp_path / "ev")["sft_loss"] == pytest.approx(shown["sft_loss"])

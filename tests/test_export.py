@@ -106,3 +106,18 @@ def test_export_coreset_refuses_a_selection_made_on_other_data(tmp_path):
     atomic_write_json(sel / "summary.json", {"n": 21})
     with pytest.raises(MintError, match="over 21 examples"):
         export_coreset(data, sel, tmp_path / "bad")
+
+
+def test_mint_export_command(tmp_path, capsys):
+    from mint._io import atomic_save_npz
+    from mint.cli import main
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in make_alpaca_records(20)))
+    atomic_save_npz(tmp_path / "sel" / "coreset_0.10.npz", indices=np.array([3, 5]), weights=np.array([11, 9]))
+    assert main(["export", "--data", str(data), "--selection", str(tmp_path / "sel"),
+                 "--output_dir", str(tmp_path / "out")]) == 0
+    assert "ratio 0.10" in capsys.readouterr().out
+    assert read_export(tmp_path / "out" / "coreset_0.10.jsonl")[1].tolist() == [3, 5]
+    assert main(["export", "--data", str(data), "--selection", str(tmp_path / "missing")]) == 2
+    assert "selection folder not found" in capsys.readouterr().err

@@ -137,3 +137,11 @@ def test_evaluation_file_in_another_schema_is_refused_before_any_training(run_co
     with pytest.raises(MintError, match="chat.jsonl is in the chat schema but the training data .* is alpaca"):
         run_pipeline(cfg)
     assert not (tmp_path / "run" / "warmup").exists()
+
+
+def test_run_without_held_out_file_skips_evaluation(run_config, tmp_path):
+    cfg = load_config(run_config, {"data.eval": None, "train.random_baseline": False})
+    result = run_pipeline(cfg)
+    assert set(result.steps) == {"data", "warmup", "grads", "select", "export", "train_coreset"}
+    assert result.metrics == {}
+    assert "evaluation skipped" in result.report.read_text()
