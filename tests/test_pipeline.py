@@ -89,6 +89,11 @@ def test_mint_run_end_to_end_then_nothing_to_do_then_only_affected_steps(run_con
     # one training key: the three trained models' steps, not the selection
     changed = load_config(run_config, {"selection.alpha": 0.5, "eval.max_new_tokens": 3, "train.lr": 5e-4})
     assert _ran(run_pipeline(changed)) == {"train_coreset", "train_random", "eval/coreset", "eval/random"}
+    # a new held-out file: only the evaluations (and the data step that records it)
+    other = _write(tmp_path / "eval2.jsonl", make_alpaca_records(40)[28:36])
+    changed = load_config(run_config, {"selection.alpha": 0.5, "eval.max_new_tokens": 3, "train.lr": 5e-4,
+                                       "data.eval": str(other)})
+    assert _ran(run_pipeline(changed)) == {"data", "eval/base", "eval/coreset", "eval/random"}
 
 
 def test_interrupted_run_resumes_where_it_stopped(run_config, tmp_path, monkeypatch):
@@ -129,6 +134,14 @@ def test_refuses_a_folder_holding_a_different_run(run_config, tmp_path):
         run_pipeline(load_config(run_config))
     assert main(["run", "--config", str(run_config)]) == 2  # the CLI prints it as an error
 
+    # --overwrite writes into the foreign folder, replacing only mint's own folders
+    (foreign / "warmup").mkdir()
+    (foreign / "warmup" / "stale.txt").write_text("old")
+    cfg = load_config(run_config, {"output_dir": str(foreign), "data.eval": None, "train.random_baseline": False})
+    run_pipeline(cfg, overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "mine" and not (foreign / "warmup" / "stale.txt").exists()
+    assert (foreign / "train_coreset" / "adapter" / "adapter_config.json").is_file()
+
 
 def test_evaluation_file_in_another_schema_is_refused_before_any_training(run_config, tmp_path):
     chat = _write(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"},
@@ -140,8 +153,9 @@ def test_evaluation_file_in_another_schema_is_refused_before_any_training(run_co
 
 
 def test_run_without_held_out_file_skips_evaluation(run_config, tmp_path):
-    cfg = load_config(run_config, {"data.eval": None, "train.random_baseline": False})
+    cfg = load_config(run_config, {"data.eval": None, "train.random_baseline": False, "train.full_baseline": True})
     result = run_pipeline(cfg)
-    assert set(result.steps) == {"data", "warmup", "grads", "select", "export", "train_coreset"}
+    assert set(result.steps) == {"data", "warmup", "grads", "select", "export", "train_coreset", "train_full"}
+    assert result.steps["train_full"].outputs["n_train"] == 32
     assert result.metrics == {}
     assert "evaluation skipped" in result.report.read_text()

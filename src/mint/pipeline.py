@@ -119,10 +119,6 @@ class _Steps:
         self.infos[name] = info
         return info
 
-    def forget(self, name: str) -> None:
-        """A step not wanted in this run (e.g. a baseline switched off): keep its files, drop it from the report."""
-        self.infos.pop(name, None)
-
 
 def _claim_run_dir(run_dir: Path, identity: dict, overwrite: bool, protected: list[Path]) -> None:
     """Refuse a folder holding another run or foreign files, unless overwrite (which clears
@@ -229,7 +225,8 @@ def run_pipeline(cfg: RunConfig, *, overwrite: bool = False) -> PipelineResult:
     text = {"schema": cfg.data.schema, "template": cfg.data.template, "max_length": cfg.data.max_length,
             "long_prompts": cfg.data.long_prompts}
     render = dict(text)
-    common = {"model": cfg.model.name, "data_key": data.key, "render": render, "seed": cfg.seed}
+    # the training file's own hash, not the data step's key: a new held-out file redoes only the evaluations
+    common = {"model": cfg.model.name, "train_sha256": sha256_file(train_path), "render": render, "seed": cfg.seed}
     lora = _lora(cfg)
 
     # -- warm-up -----------------------------------------------------------------------------
