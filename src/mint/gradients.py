@@ -260,9 +260,11 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     proj_dim: an int, a list of ints (all from one pass), or None for raw gradients.
     grad_type: adam (warm-up AdamW state, DESIGN section 2), sgd or sign.
     batch_size: examples per forward/backward pass (results do not depend on it beyond float
-    rounding). long_prompts: `error` or `truncate` for prompts that alone fill max_length
-    (see `mint.data.tokenize_examples`). shard_size: examples per resumable shard, also the number of examples projected
-    together (2 * shard_size rows per projection call). cache_bytes: memory for projection tiles.
+    rounding). long_prompts: `error` or `truncate` for prompts that alone fill max_length (see
+    `mint.data.tokenize_examples`). shard_size: examples per resumable shard, also the number
+    projected together (2 * shard_size rows per projection call; a constant of the store, since
+    it fixes the batches). cache_bytes: memory for cached projection tiles. overwrite: replace a
+    store made with other settings (its partial progress is lost).
     Under `torchrun`, each rank computes a contiguous range of shards and rank 0 merges."""
     from ._io import sha256_file
     from .data import collate_ids, dataset_fingerprint, load_examples, tokenize_examples
