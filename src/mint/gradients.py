@@ -342,7 +342,9 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
 
     ids = collate_ids(tokenizer)
     started = time.perf_counter()
-    with tqdm(total=n_todo, unit="ex", desc=f"grads[{rank}]" if world > 1 else "grads",
+    # counts advance by half an example per view; show whole examples
+    fmt = "{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
+    with tqdm(total=n_todo, unit="ex", desc=f"grads[{rank}]" if world > 1 else "grads", bar_format=fmt,
               disable=not progress or rank != 0) as bar:
         for k in todo:
             start, end = store.shard_range(k)
