@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._io import atomic_write_json, atomic_write_text, read_json, sha256_bytes, sha256_file, versions
+from ._io import atomic_write_json, read_json, sha256_bytes, sha256_file, versions
 from .config import RunConfig, save_config
 from .errors import MintError
 
@@ -311,7 +311,8 @@ def run_pipeline(cfg: RunConfig, *, overwrite: bool = False) -> PipelineResult:
         # its own stream: default_rng(seed) would draw the warm-up sample again when k matches its size
         rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(1,)))
         rand_idx = np.sort(rng.choice(n_records, size=k, replace=False))
-        trained["random"] = steps.run("train_random", {**train_common, "k": k, "n": n_records},
+        trained["random"] = steps.run("train_random", {**train_common, "n": n_records,
+                                                       "indices_sha256": sha256_bytes(rand_idx.tobytes())},
                                       trainer(rand_idx, None, "none"))
     if t.full_baseline:
         trained["full"] = steps.run("train_full", {**train_common, "n": n_records}, trainer(None, None, "none"))
