@@ -49,6 +49,7 @@ def test_parse_overrides_types():
     ({"eval.generate": 3}, "eval.generate: expected bool"),
     ({"selection.ratios": [0.1, 1.5]}, "ratio 1.5 is outside"),
     ({"selection.ratios": [0.0]}, "ratio 0.0 is outside"),
+    ({"selection.ratios": [0.121, 0.124]}, "round to the same two decimals"),
     ({"train.ratio": 0.3}, "train.ratio: 0.3 is not among selection.ratios"),
     ({"selection.alpha": 1.0}, "selection.alpha"),
     ({"selection.method": "greedy"}, "not one of mint, craig"),

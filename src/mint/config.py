@@ -365,9 +365,11 @@ def _validate(cfg: RunConfig) -> None:
     need(len(s.ratios) > 0, "selection.ratios", "give at least one ratio")
     for r in s.ratios:
         need(0 < r <= 1, "selection.ratios", f"ratio {r} is outside (0, 1]; use e.g. 0.05 for 5%")
-    need(len(set(s.ratios)) == len(s.ratios), "selection.ratios", f"duplicate ratios in {s.ratios}")
+    names = [f"{r:.2f}" for r in s.ratios]  # coreset files are named coreset_{ratio:.2f}
+    need(len(set(names)) == len(names), "selection.ratios",
+         f"{s.ratios} has ratios that round to the same two decimals (coreset file names); make them differ there")
     if t.ratio is not None:
-        need(any(abs(t.ratio - r) < 1e-9 for r in s.ratios), "train.ratio",
+        need(any(f"{t.ratio:.2f}" == f"{r:.2f}" for r in s.ratios), "train.ratio",
              f"{t.ratio} is not among selection.ratios {s.ratios}; add it there or pick one of them")
     if s.alpha is not None:
         need(0 < s.alpha < 1, "selection.alpha", f"{s.alpha} is outside (0, 1); leave empty for automatic")

@@ -30,6 +30,7 @@ __all__ = [
     "read_export",
     "export_coreset",
     "find_coresets",
+    "same_ratio",
     "load_coreset",
     "llamafactory_entry",
     "axolotl_stanza",
@@ -209,6 +210,11 @@ def _ratio_of(path: Path) -> float | None:
         return None
 
 
+def same_ratio(a: float, b: float) -> bool:
+    """Whether two ratios name the same coreset file (`coreset_{ratio:.2f}.npz`)."""
+    return f"{a:.2f}" == f"{b:.2f}"
+
+
 def find_coresets(selection_dir: str | os.PathLike) -> dict[float, Path]:
     """ratio -> coreset_{ratio:.2f}.npz in a selection folder (as `mint select` writes it)."""
     folder = Path(selection_dir)
@@ -281,10 +287,10 @@ def export_coreset(
     schema = record_schema(records[0], f"{data_path}, record 0")
     found = find_coresets(selection_dir)
     if ratios is not None:
-        missing = [r for r in ratios if not any(abs(r - f) < 5e-3 for f in found)]
+        missing = [r for r in ratios if not any(same_ratio(r, f) for f in found)]
         if missing:
             raise MintError(f"no coreset for ratio(s) {missing} in {selection_dir}; available: {sorted(found)}")
-        found = {f: p for f, p in found.items() if any(abs(r - f) < 5e-3 for r in ratios)}
+        found = {f: p for f, p in found.items() if any(same_ratio(r, f) for r in ratios)}
 
     result: dict[float, dict[str, Path]] = {}
     info: dict[str, Any] = {}

@@ -277,11 +277,11 @@ def run_pipeline(cfg: RunConfig, *, overwrite: bool = False) -> PipelineResult:
     steps.run("export", {"select": select.key}, do_export)
 
     # -- training ----------------------------------------------------------------------------
-    from .export import find_coresets, load_coreset
+    from .export import find_coresets, load_coreset, same_ratio
 
     ratio = cfg.train_ratio()
     found = find_coresets(select_dir)
-    match = [r for r in found if abs(r - ratio) < 5e-3]
+    match = [r for r in found if same_ratio(r, ratio)]
     if not match:
         raise MintError(f"no coreset for train.ratio {ratio} in {select_dir}; it has {sorted(found)}")
     indices, weights = load_coreset(found[match[0]], n_records)
