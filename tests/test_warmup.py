@@ -38,7 +38,12 @@ def test_warmup_changes_lora_weights_only_and_saves_matching_state(tiny_model_di
         return peft_model
 
     monkeypatch.setattr(modeling, "add_lora", spy)
+    from mint import data
+
+    reads, real_load = [], data.load_examples
+    monkeypatch.setattr(data, "load_examples", lambda *a, **k: reads.append(a) or real_load(*a, **k))
     out = run_warmup(tiny_model_dir, alpaca_file, tmp_path / "wu", sample_ratio=0.5, **FAST)
+    assert len(reads) == 1  # the sample is drawn from the records train_lora reads, not a second read
     after = dict(captured["model"].named_parameters())
     lora_names = {n for n in after if "lora_" in n}
     assert len(lora_names) == 16
@@ -66,6 +71,9 @@ def test_warmup_changes_lora_weights_only_and_saves_matching_state(tiny_model_di
 def test_warmup_state_errors(tiny_model_dir, alpaca_file, tmp_path):
     with pytest.raises(MintError, match="not found"):
         load_warmup_state(tmp_path / "nope")
+    with pytest.raises(MintError, match=r"sample_ratio must be a fraction in \(0, 1\], got 1.5"):
+        run_warmup(tiny_model_dir, alpaca_file, tmp_path / "bad", sample_ratio=1.5, **FAST)
+    assert not (tmp_path / "bad").exists()
     (tmp_path / "empty").mkdir()
     with pytest.raises(MintError, match="not a finished warm-up"):
         load_warmup_state(tmp_path / "empty")

@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -200,7 +200,7 @@ def train_lora(
     data_path: str | os.PathLike,
     output_dir: str | os.PathLike,
     *,
-    indices: Sequence[int] | np.ndarray | None = None,
+    indices: Sequence[int] | np.ndarray | Callable[[int], Any] | None = None,
     weights: Sequence[float] | np.ndarray | None = None,
     weighting: str = "loss",
     epochs: float = 1.0,
@@ -227,6 +227,8 @@ def train_lora(
     """Train a LoRA adapter on ``data_path`` (or its ``indices``, weighted by ``weights``) and
     save it with its AdamW state and a manifest in ``output_dir``; returns ``output_dir``.
 
+    indices: record indices to train on (None: all), or a function of the number of records
+    returning them (a seeded sample drawn without reading the data twice, as the warm-up does).
     epochs: passes over the subset (fractions allowed: the example stream is cut there).
     lr: AdamW learning rate, with linear warm-up over ``warmup_ratio`` of the steps and linear
     decay to 0. batch_size: examples per forward pass; grad_accum: forward passes per optimizer
@@ -258,6 +260,8 @@ def train_lora(
         raise FileNotFoundError(f"data file not found: {data_path}")
 
     examples = load_examples(data_path, schema=schema)
+    if callable(indices):
+        indices = indices(len(examples))
     idx, w = _check_subset(indices, weights, len(examples), "coreset")
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)

@@ -18,10 +18,14 @@ from .errors import MintError
 __all__ = ["warmup_indices", "run_warmup", "load_warmup_state"]
 
 
+def _check_ratio(ratio: float, name: str) -> None:
+    if isinstance(ratio, bool) or not (isinstance(ratio, (int, float)) and 0 < ratio <= 1):
+        raise MintError(f"{name} must be a fraction in (0, 1], got {ratio!r}")
+
+
 def warmup_indices(n_records: int, sample_ratio: float, seed: int) -> np.ndarray:
     """The sorted record indices of the warm-up sample."""
-    if not (isinstance(sample_ratio, (int, float)) and 0 < sample_ratio <= 1):
-        raise MintError(f"sample_ratio must be in (0, 1], got {sample_ratio!r}")
+    _check_ratio(sample_ratio, "sample_ratio")
     k = max(1, int(round(sample_ratio * n_records)))
     return np.sort(np.random.default_rng(seed).choice(n_records, size=k, replace=False)).astype(np.int64)
 
@@ -34,33 +38,19 @@ def run_warmup(
     sample_ratio: float = 0.05,
     epochs: float = 4.0,
     lr: float = 2e-5,
-    batch_size: int = 8,
-    grad_accum: int = 1,
-    lora=None,
-    max_length: int = 512,
     seed: int = 0,
-    template: str = "auto",
-    schema: str = "auto",
-    long_prompts: str = "error",
-    device: str = "auto",
-    dtype: str = "auto",
-    overwrite: bool = False,
-    progress: bool = True,
     **train_options: Any,
 ) -> Path:
     """Warm the LoRA adapter up on a random ``sample_ratio`` of ``data_path`` (defaults as in
     LESS: 5% of the data, 4 epochs, lr 2e-5); returns ``output_dir`` (see `mint.train` for its
-    layout). Other keyword options go to `train_lora`."""
-    from .data import load_examples
+    layout). Other keyword options (batch_size, grad_accum, lora, max_length, template, schema,
+    long_prompts, device, dtype, overwrite, progress, ...) go to `mint.train.train_lora`."""
     from .train import train_lora
 
-    n = len(load_examples(data_path, schema=schema))
-    indices = warmup_indices(n, sample_ratio, seed)
+    _check_ratio(sample_ratio, "sample_ratio")  # before the model is loaded
     return train_lora(
-        model, data_path, output_dir, indices=indices, weights=None, weighting="none", epochs=epochs, lr=lr,
-        batch_size=batch_size, grad_accum=grad_accum, lora=lora, max_length=max_length, seed=seed,
-        template=template, schema=schema, long_prompts=long_prompts, device=device, dtype=dtype,
-        overwrite=overwrite, progress=progress, kind="warmup", extra={"sample_ratio": sample_ratio},
+        model, data_path, output_dir, indices=lambda n: warmup_indices(n, sample_ratio, seed), weights=None,
+        weighting="none", epochs=epochs, lr=lr, seed=seed, kind="warmup", extra={"sample_ratio": sample_ratio},
         **train_options,
     )
 
