@@ -8,6 +8,7 @@ import pytest
 
 from mint.cli import main
 from mint.train import read_train_manifest
+from mint.warmup import random_subset_indices, warmup_indices
 
 FAST = ["--epochs", "1", "--lr", "1e-3", "--batch_size", "4", "--lora_r", "2", "--lora_alpha", "4",
         "--max_length", "64", "--device", "cpu", "--no_progress"]
@@ -26,6 +27,10 @@ def test_warmup_and_train_commands(tiny_model_dir, alpaca_file, tmp_path, capsys
     assert main(["train", *model, "--output_dir", str(tmp_path / "r"), "--random", "0.5", *FAST]) == 0
     m = read_train_manifest(tmp_path / "r")
     assert m["config"]["n_train"] == 12 and m["config"]["weighting"] == "none"
+    # the random subset has a seed stream of its own: not the warm-up sample of the same ratio and seed
+    random_idx = np.load(tmp_path / "r" / "indices.npy")
+    assert np.array_equal(random_idx, random_subset_indices(24, 0.5, seed=0))
+    assert not np.array_equal(random_idx, warmup_indices(24, 0.5, seed=0))
     assert main(["train", *model, "--output_dir", str(tmp_path / "f"), *FAST]) == 0
     assert read_train_manifest(tmp_path / "f")["config"]["n_train"] == 24
 
@@ -46,6 +51,13 @@ def test_train_refuses_foreign_coreset(tiny_model_dir, alpaca_file, tmp_path, ca
     expected = {"range": "index 30 is outside the data set of 24 records",
                 "n": "selected from 50 records", "sha": "different data file"}[case]
     assert expected in err
+
+
+def test_train_refuses_bad_random_ratio(tiny_model_dir, alpaca_file, tmp_path, capsys):
+    rc = main(["train", "--model", str(tiny_model_dir), "--data", str(alpaca_file), "--output_dir",
+               str(tmp_path / "r"), "--random", "1.5", *FAST])
+    assert rc == 2 and "--random takes a fraction in (0, 1], got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_help_is_instant_to_build(capsys):

@@ -11,7 +11,7 @@ import torch
 from mint import modeling
 from mint.errors import MintError
 from mint.modeling import LoraSettings, lora_named_parameters
-from mint.warmup import load_warmup_state, run_warmup, warmup_indices
+from mint.warmup import load_warmup_state, random_subset_indices, run_warmup, warmup_indices
 
 LORA = LoraSettings(r=2, alpha=4, dropout=0.0)
 FAST = dict(epochs=2, lr=1e-2, batch_size=4, lora=LORA, max_length=64, device="cpu", progress=False)
@@ -25,6 +25,21 @@ def test_warmup_indices():
     assert len(warmup_indices(10, 0.01, seed=0)) == 1
     with pytest.raises(MintError, match="sample_ratio"):
         warmup_indices(10, 0.0, seed=0)
+
+
+def test_random_subset_stream_is_not_the_warmup_sample():
+    assert np.array_equal(warmup_indices(1000, 0.05, seed=3),
+                          np.sort(np.random.default_rng(3).choice(1000, 50, replace=False)))
+    r = random_subset_indices(1000, 0.05, seed=3)
+    assert len(r) == 50 and np.array_equal(r, np.sort(r)) and len(np.unique(r)) == 50
+    assert not np.array_equal(r, warmup_indices(1000, 0.05, seed=3))
+    assert np.array_equal(r, random_subset_indices(1000, 0.05, seed=3))
+    assert not np.array_equal(r, random_subset_indices(1000, 0.05, seed=4))
+    # the documented stream (the one `mint run` draws its random baseline from)
+    rng = np.random.default_rng(np.random.SeedSequence(3, spawn_key=(1,)))
+    assert np.array_equal(r, np.sort(rng.choice(1000, 50, replace=False)))
+    with pytest.raises(MintError, match=r"ratio must be a fraction in \(0, 1\]"):
+        random_subset_indices(10, 1.5, seed=0)
 
 
 def test_warmup_changes_lora_weights_only_and_saves_matching_state(tiny_model_dir, alpaca_file, tmp_path, monkeypatch):

@@ -4,6 +4,11 @@ unit weights, keeping the adapter and the AdamW state that the gradient features
 It is `mint.train.train_lora` on ``sample_ratio`` of the records, drawn with
 ``numpy.random.default_rng(seed).choice(N, max(1, round(sample_ratio * N)), replace=False)``
 (sorted), so the same seed picks the same sample.
+
+Seeded streams: the warm-up sample uses ``SeedSequence(seed)`` itself (what
+``default_rng(seed)`` does); the random-subset baseline (`random_subset_indices`, ``mint train
+--random``, ``mint run``'s random baseline) uses ``SeedSequence(seed, spawn_key=(1,))``, an
+independent stream, so a baseline of the warm-up's size is not the warm-up sample again.
 """
 from __future__ import annotations
 
@@ -15,7 +20,9 @@ import numpy as np
 
 from .errors import MintError
 
-__all__ = ["warmup_indices", "run_warmup", "load_warmup_state"]
+__all__ = ["warmup_indices", "random_subset_indices", "RANDOM_SUBSET_SPAWN_KEY", "run_warmup", "load_warmup_state"]
+
+RANDOM_SUBSET_SPAWN_KEY = (1,)  # see the module docstring
 
 
 def _check_ratio(ratio: float, name: str) -> None:
@@ -23,11 +30,22 @@ def _check_ratio(ratio: float, name: str) -> None:
         raise MintError(f"{name} must be a fraction in (0, 1], got {ratio!r}")
 
 
+def _draw(n_records: int, ratio: float, seed_seq: np.random.SeedSequence) -> np.ndarray:
+    k = max(1, int(round(ratio * n_records)))
+    return np.sort(np.random.default_rng(seed_seq).choice(n_records, size=k, replace=False)).astype(np.int64)
+
+
 def warmup_indices(n_records: int, sample_ratio: float, seed: int) -> np.ndarray:
     """The sorted record indices of the warm-up sample."""
     _check_ratio(sample_ratio, "sample_ratio")
-    k = max(1, int(round(sample_ratio * n_records)))
-    return np.sort(np.random.default_rng(seed).choice(n_records, size=k, replace=False)).astype(np.int64)
+    return _draw(n_records, sample_ratio, np.random.SeedSequence(seed))
+
+
+def random_subset_indices(n_records: int, ratio: float, seed: int) -> np.ndarray:
+    """The sorted record indices of a random-subset baseline of ``max(1, round(ratio * N))``
+    records: a stream independent of the warm-up sample's (see the module docstring)."""
+    _check_ratio(ratio, "ratio")
+    return _draw(n_records, ratio, np.random.SeedSequence(seed, spawn_key=RANDOM_SUBSET_SPAWN_KEY))
 
 
 def run_warmup(

@@ -12,7 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--coreset", help="coreset file (.npz with `indices` and `weights`, from `mint select`)")
     which.add_argument("--random", "--ratio", dest="random", type=float, metavar="RATIO",
-                       help="train on a seeded random subset of this fraction of the data, unit weights")
+                       help="train on a seeded random subset of this fraction of the data, unit weights (a seed "
+                            "stream of its own: not the warm-up sample; the same subset as `mint run`'s baseline)")
     parser.add_argument("--weighting", choices=("loss", "sampling", "none"), default="loss",
                         help="coreset weights: loss (w_i/mean(w) times each example's loss, default), sampling "
                              "(draw examples with probability proportional to w), none")
@@ -20,20 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, epochs=3.0, lr=2e-5)
 
 
-def _check_coreset_source(coreset_path, data_path, n_records: int) -> None:
+def _check_coreset_source(coreset: dict, coreset_path, data_path, n_records: int) -> None:
     """Refuse a coreset made on other data when its file or the selection's summary.json says so."""
     import json
     from pathlib import Path
 
     from mint._io import sha256_file
     from mint.errors import MintError
-    from mint.train import load_coreset
 
-    found = {}
-    c = load_coreset(coreset_path)
-    for key in ("data_sha256", "n_records", "n"):
-        if key in c:
-            found[key] = c[key]
+    found = {key: coreset[key] for key in ("data_sha256", "n_records", "n") if key in coreset}
     summary_path = Path(coreset_path).parent / "summary.json"
     if summary_path.is_file():
         def walk(obj):
@@ -42,9 +38,13 @@ def _check_coreset_source(coreset_path, data_path, n_records: int) -> None:
                     if k == "data_sha256" and isinstance(v, str):
                         found.setdefault("data_sha256", v)
                     walk(v)
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise MintError(f"{summary_path} is unreadable ({e}); restore it or move the coreset file out of "
+                            "that folder") from e
         walk(summary)
-        if isinstance(summary.get("n"), int):
+        if isinstance(summary, dict) and isinstance(summary.get("n"), int):
             found.setdefault("n", summary["n"])
     n = found.get("n_records", found.get("n"))
     if n is not None and int(n) != n_records:
@@ -58,27 +58,29 @@ def _check_coreset_source(coreset_path, data_path, n_records: int) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from mint.data import load_examples
     from mint.errors import MintError
     from mint.train import load_coreset, train_lora
-    from mint.warmup import warmup_indices
+    from mint.warmup import random_subset_indices
 
     options = common_options(args)
-    indices = weights = None
+    pick = weights = None
     weighting = args.weighting
+    # `pick`: the indices as a function of the record count; train_lora reads the data once and calls it.
     if args.coreset:
-        n = len(load_examples(args.data, schema=args.schema))
-        _check_coreset_source(args.coreset, args.data, n)
-        c = load_coreset(args.coreset)
-        indices = c["indices"]
-        weights = c.get("weights")
+        coreset = load_coreset(args.coreset)
+        weights = coreset.get("weights")
+
+        def pick(n_records: int):
+            _check_coreset_source(coreset, args.coreset, args.data, n_records)
+            return coreset["indices"]
     elif args.random is not None:
-        n = len(load_examples(args.data, schema=args.schema))
         if not 0 < args.random <= 1:
             raise MintError(f"--random takes a fraction in (0, 1], got {args.random}")
-        indices = warmup_indices(n, args.random, args.seed)
         weighting = "none"
-    out = train_lora(args.model, args.data, args.output_dir, indices=indices,
+
+        def pick(n_records: int):
+            return random_subset_indices(n_records, args.random, args.seed)
+    out = train_lora(args.model, args.data, args.output_dir, indices=pick,
                      weights=None if weights is None else np.asarray(weights), weighting=weighting, **options)
     print(summary("train", out))
     return 0
