@@ -194,6 +194,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_model_dir, alpaca_file,
         ({"weighting": "bogus"}, "unknown weighting"),
         ({"batch_size": 0}, "batch_size must be a positive integer"),
         ({"epochs": 0}, "epochs must be > 0"),
+        ({"lora": {"r": 2}}, "lora must be a mint.modeling.LoraSettings, got dict"),
     ],
 )
 def test_bad_training_input(tiny_model_dir, alpaca_file, tmp_path, kwargs, pattern):

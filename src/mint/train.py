@@ -33,7 +33,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -41,6 +40,7 @@ import numpy as np
 
 from ._io import atomic_write_json, read_json, sha256_bytes, sha256_file, versions
 from .errors import MintError
+from .modeling import LoraSettings  # light: modeling imports torch/transformers/peft inside functions
 
 __all__ = [
     "WEIGHTINGS",
@@ -139,12 +139,6 @@ def load_coreset(path: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
-def _settings_dict(lora) -> dict:
-    if lora is None:
-        return {}
-    return lora.to_dict() if hasattr(lora, "to_dict") else (asdict(lora) if is_dataclass(lora) else dict(lora))
-
-
 def read_train_manifest(folder: str | os.PathLike) -> dict | None:
     path = Path(folder) / "manifest.json"
     if not path.is_file():
@@ -207,7 +201,7 @@ def train_lora(
     lr: float = 2e-5,
     batch_size: int = 8,
     grad_accum: int = 1,
-    lora=None,
+    lora: LoraSettings | None = None,
     max_length: int = 512,
     seed: int = 0,
     template: str = "auto",
@@ -240,8 +234,8 @@ def train_lora(
     """
     import torch
 
-    from .data import collate_ids, dataset_fingerprint, load_examples, tokenize_examples
-    from .modeling import LoraSettings, resolve_device, resolve_dtype
+    from .data import dataset_fingerprint, load_examples
+    from .modeling import resolve_device, resolve_dtype
 
     if weighting not in WEIGHTINGS:
         raise MintError(f"unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
@@ -255,6 +249,8 @@ def train_lora(
     if not 0.0 <= warmup_ratio < 1.0:
         raise MintError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
     lora = lora if lora is not None else LoraSettings()
+    if not isinstance(lora, LoraSettings):
+        raise MintError(f"lora must be a mint.modeling.LoraSettings, got {type(lora).__name__}")
     data_path, output_dir = Path(data_path), Path(output_dir)
     if not data_path.is_file():
         raise FileNotFoundError(f"data file not found: {data_path}")
@@ -280,7 +276,7 @@ def train_lora(
         "lr": float(lr),
         "batch_size": int(batch_size),
         "grad_accum": int(grad_accum),
-        "lora": _settings_dict(lora),
+        "lora": lora.to_dict(),
         **data_settings,
         "seed": int(seed),
         "weight_decay": float(weight_decay),
@@ -299,9 +295,7 @@ def train_lora(
     try:
         manifest = _train(examples, idx, w, config, tmp, model_name_or_dir=model_name_or_dir,
                           device=device, dtype=dtype, lora=lora, progress=progress,
-                          tokenize=lambda ex, tok: tokenize_examples(ex, tok, max_length=max_length,
-                                                                     template=template, long_prompts=long_prompts),
-                          collate_ids=collate_ids, checkpoint=checkpoint, checkpoint_seconds=checkpoint_seconds)
+                          checkpoint=checkpoint, checkpoint_seconds=checkpoint_seconds)
         manifest.update({
             "data": {"path": str(data_path.resolve()), "file_sha256": sha256_file(data_path),
                      "fingerprint": config["data_fingerprint"], "settings": data_settings},
@@ -318,11 +312,12 @@ def train_lora(
 
 
 def _train(examples, idx, w, config, out: Path, *, model_name_or_dir, device, dtype, lora, progress,
-           tokenize, collate_ids, checkpoint: Path, checkpoint_seconds: float) -> dict:
+           checkpoint: Path, checkpoint_seconds: float) -> dict:
     import torch
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
+    from .data import collate_ids, tokenize_examples
     from .modeling import add_lora, load_model_and_tokenizer, lora_named_parameters, resolve_model
 
     started = time.time()
@@ -332,7 +327,8 @@ def _train(examples, idx, w, config, out: Path, *, model_name_or_dir, device, dt
     model, tokenizer = load_model_and_tokenizer(model_name_or_dir, device=device, dtype=dtype)
     model = add_lora(model, lora)
     model.train()
-    tokenized = tokenize([examples[i] for i in idx], tokenizer)
+    tokenized = tokenize_examples([examples[i] for i in idx], tokenizer, max_length=config["max_length"],
+                                  template=config["template"], long_prompts=config["long_prompts"])
     ids = collate_ids(tokenizer)
     coefs = loss_coefficients(w, config["weighting"])
 
