@@ -120,7 +120,8 @@ def adam_warmup_dir(tiny_model_dir, data_file, tmp_path_factory):
     file = out / "optimizer.safetensors"
     with safe_open(str(file), framework="pt") as f:
         meta = f.metadata()
-    save_file(load_file(str(file)), str(file), metadata=meta | {"betas": "[0.8, 0.95]", "eps": "0.001"})
+    hyper = json.loads(meta["mint_adamw"]) | {"betas": [0.8, 0.95], "eps": 0.001}
+    save_file(load_file(str(file)), str(file), metadata=meta | {"mint_adamw": json.dumps(hyper)})
     return out
 
 

@@ -451,9 +451,7 @@ def load_optimizer_state(folder: str | os.PathLike) -> dict[str, Any]:
             raise MintError(f"{path} does not match the adapter in {folder / 'adapter'} (parameter names differ); "
                             "rerun `mint warmup` into a fresh folder")
     try:
-        hyper = json.loads(meta["mint_adamw"]) if "mint_adamw" in meta else {}
-        # Separate string keys: the layout of the first version of this file; they take precedence.
-        hyper.update({k: json.loads(meta[k]) for k in ("betas", "eps", "step") if k in meta})
+        hyper = json.loads(meta["mint_adamw"])
         betas = tuple(float(b) for b in hyper["betas"])
         eps, step = float(hyper["eps"]), int(hyper["step"])
     except (KeyError, ValueError, TypeError) as e:
