@@ -359,7 +359,7 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     if dist is not None:
         dist.barrier()
     if rank == 0:
-        store.merge()
+        store.merge(progress=progress)
     if dist is not None:
         dist.barrier()
     rate = n_todo / elapsed if elapsed > 0 else float("nan")
