@@ -115,8 +115,10 @@ def _check_subset(indices, weights, n_records: int, source: str) -> tuple[np.nda
         w = np.asarray(weights, dtype=np.float64)
         if w.shape != idx.shape:
             raise MintError(f"{source}: {w.size} weights for {idx.size} indices; give one weight per index")
-        if not np.all(np.isfinite(w)) or np.any(w <= 0):
-            raise MintError(f"{source}: weights must be finite and > 0")
+        bad = np.flatnonzero(~np.isfinite(w) | (w <= 0))
+        if bad.size:
+            raise MintError(f"{source}: weights must be finite and > 0, but the weight of index {int(idx[bad[0]])} "
+                            f"is {float(w[bad[0]])}; drop that index or give it a positive weight")
     return idx, w
 
 
