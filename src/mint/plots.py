@@ -74,13 +74,23 @@ def pareto_png(curve: AlphaCurve, title: str = "") -> bytes:
     cbar.set_ticks(_ax_alpha(ticks))
     cbar.set_ticklabels([f"{t:g}" for t in ticks])
     cbar.set_label("alpha")
-    for i in _spread_labels(curve.e_ifl, curve.e_pt):
-        ax.annotate(f"{curve.alpha[i]:g}", (curve.e_ifl[i], curve.e_pt[i]), fontsize=7, xytext=(3, 3),
+    # neighbouring alphas often select the same subset: one label per run of equal points,
+    # naming the alpha range it covers
+    starts = [0] + [i for i in range(1, len(curve.alpha))
+                    if (curve.e_ifl[i], curve.e_pt[i]) != (curve.e_ifl[i - 1], curve.e_pt[i - 1])]
+    ends = starts[1:] + [len(curve.alpha)]
+    for g in _spread_labels(curve.e_ifl[starts], curve.e_pt[starts]):
+        i, last = starts[g], ends[g] - 1
+        text = f"{curve.alpha[i]:g}" if last == i else f"{curve.alpha[i]:g}-{curve.alpha[last]:g}"
+        ax.annotate(text, (curve.e_ifl[i], curve.e_pt[i]), fontsize=7, xytext=(3, 3),
                     textcoords="offset points", color="0.25")
     c = int(np.flatnonzero(curve.alpha == curve.chosen)[0]) if np.any(curve.alpha == curve.chosen) else None
     if c is not None:
+        g = max(i for i, st in enumerate(starts) if st <= c)
+        same = "" if ends[g] - starts[g] == 1 else \
+            f"\n(same errors for alpha {curve.alpha[starts[g]]:g}-{curve.alpha[ends[g] - 1]:g})"
         ax.scatter([curve.e_ifl[c]], [curve.e_pt[c]], marker="*", s=220, color="crimson", zorder=3,
-                   label=f"chosen alpha = {curve.chosen:g}")
+                   label=f"chosen alpha = {curve.chosen:g}{same}")
         ax.legend(loc="best")
     ax.set_xlabel("E_IFL on the pre-sample (instruction-following error)")
     ax.set_ylabel("E_PT on the pre-sample (knowledge error)")
