@@ -141,3 +141,18 @@ def test_reads_the_gradient_feature_store(tmp_path):
     assert _select(tmp_path / "store", out, "--alpha", "0.5") == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["inputs"]["source"] == "feature store" and summary["alpha"] == 0.5
+
+
+def test_data_must_be_the_file_the_store_was_made_from(tmp_path, data_file, capsys):
+    from mint._io import sha256_file
+    from mint.store import FeatureStore
+
+    feats = _features(seed=3)
+    for name, digest in (("good", sha256_file(data_file)), ("other", "0" * 64)):
+        store = FeatureStore(tmp_path / name, n=N, dims=[12], shard_size=N, settings={"data_sha256": digest})
+        store.prepare()
+        store.write_shard(0, {"sft_12": feats["sft"], "pt_12": feats["pt"]})
+        store.merge()
+    assert _select(tmp_path / "good", tmp_path / "o1", "--alpha", "0.5", "--data", data_file) == 0
+    assert _select(tmp_path / "other", tmp_path / "o2", "--alpha", "0.5", "--data", data_file) == 2
+    assert "not the file the features" in capsys.readouterr().err

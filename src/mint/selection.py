@@ -169,7 +169,11 @@ def _check_settings(method, alpha, alpha_method, coef, preheat_ratio, dtype):
             raise MintError(f"coefficients must be finite and >= 0, got {c}")
         if not any(c):
             raise MintError("coefficients are all 0; at least one of c_sft, c_pt, c_ifl must be positive")
-    if not (isinstance(preheat_ratio, (int, float)) and 0 < preheat_ratio <= 1):
+    try:
+        preheat_ok = 0 < float(preheat_ratio) <= 1
+    except (TypeError, ValueError):
+        preheat_ok = False
+    if not preheat_ok:
         raise MintError(f"preheat_ratio must be in (0, 1], got {preheat_ratio!r}")
     if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise MintError(f"dtype must be float32 or float64, got {dtype!r}")
@@ -469,8 +473,10 @@ def load_feature_dir(features_dir) -> tuple[dict, dict]:
 
         features = load_features(path, normalized=True)
         manifest = read_manifest(path)
+        store_settings = manifest.get("settings", {})
         prov = {"source": "feature store", "path": str(path), "manifest_sha256": sha256_file(path / "manifest.json"),
-                "data_fingerprint": manifest.get("settings", {}).get("data_fingerprint")}
+                "data_fingerprint": store_settings.get("data_fingerprint"),
+                "data_sha256": store_settings.get("data_sha256")}
         return dict(features), prov
     files = {k: path / f"{k}.npy" for k in KINDS if (path / f"{k}.npy").is_file()}
     if not files:
@@ -578,6 +584,9 @@ def run_selection(
             raise MintError(f"{data} has {len(records)} records but the features in {features_dir} describe {n} "
                             "examples; pass the data file the features were computed from")
         data_prov = {"path": str(data), "sha256": sha256_file(data), "records": len(records)}
+        if inputs.get("data_sha256") and inputs["data_sha256"] != data_prov["sha256"]:
+            raise MintError(f"{data} is not the file the features in {features_dir} were computed from "
+                            "(its sha256 differs from the one in their manifest); pass that file with --data")
     settings = {
         "method": method, "alpha": alpha, "alpha_method": alpha_method, "coef": list(coef) if coef is not None else None,
         "ratios": ratio_list, "preheat_ratio": preheat_ratio, "seed": seed, "dtype": str(np.dtype(dtype)),
