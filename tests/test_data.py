@@ -220,3 +220,13 @@ def test_fingerprint(tmp_path):
     assert dataset_fingerprint(a, s) != dataset_fingerprint(a, {**s, "max_length": 64})
     write_jsonl(b, make_alpaca_records(5))
     assert dataset_fingerprint(a, s) != dataset_fingerprint(b, s)
+
+
+def test_chunked_tokenization_equals_one_call(tmp_path, tok, monkeypatch):
+    from mint import data
+
+    ex = load_examples(write_jsonl(tmp_path / "a.jsonl", make_alpaca_records(7)))
+    whole = tokenize_examples(ex, tok, max_length=128)
+    monkeypatch.setattr(data, "_TOKENIZE_CHUNK", 3)  # 3 + 3 + 1 examples, with the progress bar on
+    assert tokenize_examples(ex, tok, max_length=128, progress=True) == whole
+    assert tokenize_examples([], tok, max_length=128) == []

@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 SCHEMAS = ("alpaca", "chat", "prompt_completion")
 TEMPLATES = ("auto", "chat", "plain")
 IGNORE_INDEX = -100  # label value that cross entropy skips (the transformers convention)
+_TOKENIZE_CHUNK = 1024  # examples per tokenizer call: large enough to amortise the call, small enough for a bar
 
 
 @dataclass(frozen=True)
@@ -272,17 +273,21 @@ def tokenize_examples(
     max_length: int,
     template: str = "auto",
     long_prompts: str = "error",
+    progress: bool = False,
 ) -> list[TokenizedExample]:
     """Token ids of prompt and response, tokenized separately, truncated to ``max_length``.
 
     ``long_prompts``: what to do with a prompt that alone fills ``max_length``: ``error`` (the
     default: such a record is bad input) or ``truncate`` (cut it from the left like any other
-    prompt; the example then counts as truncated).
+    prompt; the example then counts as truncated). ``progress``: a progress bar (about 1 ms per
+    example for SmolLM2's tokenizer on one CPU core: most of a minute for 52,000 records).
     """
     if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
         raise MintError(f"max_length must be an integer >= 2, got {max_length!r}")
     if long_prompts not in ("error", "truncate"):
         raise MintError(f"long_prompts must be 'error' or 'truncate', got {long_prompts!r}")
+    from tqdm.auto import tqdm
+
     eos = tokenizer.eos_token_id
     if eos is None:
         raise MintError("the tokenizer has no EOS token; the response must end with one")
@@ -297,9 +302,16 @@ def tokenize_examples(
         except Exception as e:  # e.g. a chat template that rejects a system message or role order
             raise MintError(f"record {ex.index}: the tokenizer's chat template failed ({type(e).__name__}: {e}); "
                             "fix the record's messages or use template 'plain'") from e
-    # Batch calls to the fast tokenizer: one Rust call instead of one per example.
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
-    response_ids = tokenizer([ex.response for ex in examples], add_special_tokens=False)["input_ids"] if prompts else []
+    # Batched calls to the fast tokenizer (one Rust call per chunk instead of one per example);
+    # chunks only so that the progress bar moves.
+    prompt_ids, response_ids = [], []
+    chunk = _TOKENIZE_CHUNK
+    with tqdm(total=len(examples), unit="ex", desc="tokenize", disable=not progress) as bar:
+        for start in range(0, len(examples), chunk):
+            part = slice(start, start + chunk)
+            prompt_ids += tokenizer(prompts[part], add_special_tokens=False)["input_ids"]
+            response_ids += tokenizer([ex.response for ex in examples[part]], add_special_tokens=False)["input_ids"]
+            bar.update(len(prompts[part]))
     out, too_long = [], []
     n_trunc = n_resp_trunc = 0
     for ex, p, r in zip(examples, prompt_ids, response_ids):

@@ -301,8 +301,6 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     # the same rendering settings as mint.train, so warm-up, features and training share a fingerprint
     render = {"schema": examples[0].schema, "template": template, "max_length": max_length,
               "long_prompts": long_prompts}
-    tokenized = tokenize_examples(examples, tokenizer, max_length=max_length, template=template,
-                                  long_prompts=long_prompts)
     projector = make_projector(collector.grad_dim, proj_dim, seed, kind=projection, device=model_device,
                                cache_bytes=cache_bytes)
     settings = {
@@ -321,12 +319,15 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     }
     info = {"data_path": str(data_path), "warmup_dir": str(warmup_dir), "batch_size": batch_size,
             "world_size": world, "device": str(model_device), "grad_dim": collector.grad_dim}
-    store = FeatureStore(output_dir, n=len(tokenized), dims=list(projector.keys), shard_size=shard_size,
+    store = FeatureStore(output_dir, n=len(examples), dims=list(projector.keys), shard_size=shard_size,
                          settings=settings, info=info)
     if store.is_complete() and not overwrite:
         store.prepare()  # refuses a complete store made with other settings
         log.info("%s already holds complete features for these settings; nothing to do", output_dir)
         return output_dir
+    # after that check (a finished store needs no tokens), before anything is written (a bad record stops here)
+    tokenized = tokenize_examples(examples, tokenizer, max_length=max_length, template=template,
+                                  long_prompts=long_prompts, progress=progress and rank == 0)
     if rank == 0:
         _warn_on_changes(output_dir, info, settings, warmup_dir, overwrite)
         store.prepare(overwrite=overwrite)

@@ -330,7 +330,8 @@ def _train(examples, idx, w, config, out: Path, *, model_name_or_dir, device, dt
     model = add_lora(model, lora)
     model.train()
     tokenized = tokenize_examples([examples[i] for i in idx], tokenizer, max_length=config["max_length"],
-                                  template=config["template"], long_prompts=config["long_prompts"])
+                                  template=config["template"], long_prompts=config["long_prompts"],
+                                  progress=progress)
     ids = collate_ids(tokenizer)
     coefs = loss_coefficients(w, config["weighting"])
 
