@@ -60,7 +60,7 @@ def test_train_refuses_bad_random_ratio(tiny_model_dir, alpaca_file, tmp_path, c
     assert not (tmp_path / "r").exists()
 
 
-def test_help_is_instant_to_build(capsys):
+def test_help_lists_the_options(capsys):
     for cmd in ("warmup", "train"):
         with pytest.raises(SystemExit) as e:
             main([cmd, "--help"])
