@@ -148,16 +148,21 @@ def test_adam_features_use_saved_state(adam_warmup_dir, tiny_model_dir, data_fil
     assert mint.store.read_manifest(tmp_path / "adam")["settings"]["optimizer"]["betas"] == [0.8, 0.95]
 
 
-def test_adam_needs_optimizer_state(adam_warmup_dir, tiny_model_dir, data_file, sgd_warmup_dir, tmp_path):
+def test_adam_needs_optimizer_state(adam_warmup_dir, tiny_model_dir, data_file, sgd_warmup_dir, tmp_path,
+                                    monkeypatch):
     import shutil
+
+    from mint import modeling
 
     broken = tmp_path / "warm"
     shutil.copytree(adam_warmup_dir, broken)
     (broken / "optimizer.safetensors").unlink()
-    with pytest.raises(MintError, match="no optimizer state"):
-        _run(tiny_model_dir, data_file, broken, tmp_path / "x", grad_type="adam")
-    with pytest.raises(MintError, match="not a finished warm-up"):
-        _run(tiny_model_dir, data_file, sgd_warmup_dir, tmp_path / "y", grad_type="adam")
+    with monkeypatch.context() as m:  # the warm-up folder is refused before the model is loaded
+        m.setattr(modeling, "load_model_and_tokenizer", lambda *a, **k: pytest.fail("model loaded"))
+        with pytest.raises(MintError, match="no optimizer state"):
+            _run(tiny_model_dir, data_file, broken, tmp_path / "x", grad_type="adam")
+        with pytest.raises(MintError, match="not a finished warm-up"):
+            _run(tiny_model_dir, data_file, sgd_warmup_dir, tmp_path / "y", grad_type="adam")
     with pytest.raises(MintError, match="no LoRA adapter"):
         _run(tiny_model_dir, data_file, tmp_path, tmp_path / "z")
     assert not (tmp_path / "x").exists()  # nothing written before the inputs are checked

@@ -46,7 +46,7 @@ class LoraGradCollector:
     weights or biases of `nn.Linear` layers (true of LoRA adapters). Parameters are laid out
     in `self.names` order, each flattened row-major, as in `torch.cat([p.flatten() ...])`."""
 
-    def __init__(self, model, names: list[str] | None = None):
+    def __init__(self, model):
         modules = dict(model.named_modules())
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not params:
@@ -229,11 +229,9 @@ def _adapter_hash(adapter_dir: Path) -> str:
     return sha256_file(files[0])
 
 
-def _adam_state(warmup_dir: Path, keys: list[str]) -> dict:
-    """Flattened exp_avg / exp_avg_sq in the order of `keys`, with betas, eps and step."""
-    from .warmup import load_warmup_state
-
-    state = load_warmup_state(warmup_dir)
+def _adam_state(state: dict, warmup_dir: Path, keys: list[str]) -> dict:
+    """Flattened exp_avg / exp_avg_sq of `mint.warmup.load_warmup_state(warmup_dir)` in the
+    order of `keys`, with betas, eps and step."""
     exp_avg, exp_avg_sq = state.get("exp_avg"), state.get("exp_avg_sq")
     if not exp_avg or not exp_avg_sq:
         raise MintError(f"{warmup_dir} has no optimizer state (exp_avg, exp_avg_sq), which grad_type 'adam' "
@@ -271,6 +269,7 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     from .modeling import lora_named_parameters, load_lora, load_model_and_tokenizer
     from .projection import make_projector
     from .store import FeatureStore
+    from .warmup import load_warmup_state
 
     if grad_type not in GRAD_TYPES:
         raise MintError(f"unknown grad_type {grad_type!r}; use one of {', '.join(GRAD_TYPES)}")
@@ -285,15 +284,17 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
         torch.cuda.set_device(device)
 
     examples = load_examples(data_path, schema=schema)
-    model, tokenizer = load_model_and_tokenizer(model_name_or_dir, device=device)
     adapter_dir = _adapter_dir(warmup_dir)
+    # the warm-up folder is checked before the (possibly large) model loads
+    warm_state = load_warmup_state(warmup_dir) if grad_type == "adam" else None
+    model, tokenizer = load_model_and_tokenizer(model_name_or_dir, device=device)
     model = load_lora(model, adapter_dir, trainable=True)
     model.eval()  # no dropout: features must be deterministic
     keys = [k for k, _ in lora_named_parameters(model)]
     collector = LoraGradCollector(model)
     if len(keys) != len(collector.names):
         raise MintError("the model has trainable parameters besides the LoRA weights; load a plain LoRA adapter")
-    optimizer = _adam_state(warmup_dir, keys) if grad_type == "adam" else None
+    optimizer = _adam_state(warm_state, warmup_dir, keys) if grad_type == "adam" else None
     model_device = next(model.parameters()).device
     adam = {k: optimizer[k] for k in ("exp_avg", "exp_avg_sq", "betas", "eps")} if optimizer else {}
     preconditioner = Preconditioner(grad_type, device=model_device, **adam)
