@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from conftest import make_alpaca_records
-from mint import modeling
 from mint.data import collate, collate_ids, load_examples, tokenize_examples
 from mint.errors import MintError
 from mint.modeling import LoraSettings, add_lora, load_model_and_tokenizer, lora_named_parameters, response_token_losses

@@ -293,7 +293,8 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     keys = [k for k, _ in lora_named_parameters(model)]
     collector = LoraGradCollector(model)
     if len(keys) != len(collector.names):
-        raise MintError("the model has trainable parameters besides the LoRA weights; load a plain LoRA adapter")
+        raise MintError(f"the adapter in {adapter_dir} trains parameters besides the LoRA weights (e.g. "
+                        "modules_to_save); pass the output folder of `mint warmup`, which holds a plain LoRA adapter")
     optimizer = _adam_state(warm_state, warmup_dir, keys) if grad_type == "adam" else None
     model_device = next(model.parameters()).device
     adam = {k: optimizer[k] for k in ("exp_avg", "exp_avg_sq", "betas", "eps")} if optimizer else {}
