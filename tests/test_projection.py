@@ -82,7 +82,9 @@ def test_identity_and_bad_settings():
     ident = make_projector(10, None, seed=0)
     assert ident.keys == ("full",) and torch.equal(ident.project(x)["full"], x)
     assert make_projector(10, [8, 4], seed=0).keys == (4, 8)
-    with pytest.raises(MintError):
+    with pytest.raises(MintError, match=r"proj_dim must be positive integers, got \[0\]"):
         make_projector(10, [0], seed=0)
-    with pytest.raises(MintError):
+    with pytest.raises(MintError, match="unknown projection type 'sparse'"):
         make_projector(10, 8, seed=0, kind="sparse")
+    with pytest.raises(MintError, match="mix of 'none' and numbers"):
+        make_projector(10, [8, None], seed=0)
