@@ -449,7 +449,8 @@ def load_optimizer_state(folder: str | os.PathLike) -> dict[str, Any]:
     exp_avg_sq = {k[: -len(".exp_avg_sq")]: v for k, v in tensors.items() if k.endswith(".exp_avg_sq")}
     adapter_file = folder / "adapter" / "adapter_model.safetensors"
     if adapter_file.is_file():
-        adapter_keys = set(load_file(str(adapter_file)))
+        with safe_open(str(adapter_file), framework="pt") as f:  # the names only, not the tensors
+            adapter_keys = set(f.keys())
         if set(exp_avg) != adapter_keys or set(exp_avg_sq) != adapter_keys:
             raise MintError(f"{path} does not match the adapter in {folder / 'adapter'} (parameter names differ); "
                             "rerun `mint warmup` into a fresh folder")
