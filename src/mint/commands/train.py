@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--coreset", help="coreset file (.npz with `indices` and `weights`, from `mint select`)")
     which.add_argument("--random", "--ratio", dest="random", type=float, metavar="RATIO",
                        help="train on a seeded random subset of this fraction of the data, unit weights (a seed "
-                            "stream of its own: not the warm-up sample; the same subset as `mint run`'s baseline)")
+                            "stream of its own, not the warm-up sample; the same subset as `mint run`'s random "
+                            "baseline at the same ratio and seed)")
     parser.add_argument("--weighting", choices=("loss", "sampling", "none"), default="loss",
                         help="coreset weights: loss (w_i/mean(w) times each example's loss, default), sampling "
                              "(draw examples with probability proportional to w), none")
