@@ -213,17 +213,15 @@ def evaluate(
         gen: dict[str, Any] | None = None
         if generate:
             # Only short answers: a reference longer than max_new_tokens could never match.
-            chosen = [k for k, t in enumerate(tokenized) if len(t.response_ids) - 1 <= max_new_tokens]
-            if generate_limit is not None:
-                chosen = chosen[:generate_limit]
+            short = [k for k, t in enumerate(tokenized) if len(t.response_ids) - 1 <= max_new_tokens]  # minus EOS
+            chosen = short[:generate_limit] if generate_limit is not None else short
             answers = _generate(model, tokenizer, [tokenized[k] for k in chosen], batch_size, max_new_tokens)
             for k, answer in zip(chosen, answers):
                 ref = examples[k].response
                 per_example[k].update(prediction=answer, exact_match=exact_match(answer, ref),
                                       rouge_l=rouge_l(answer, ref))
             gen = {"n_generated": len(chosen), "max_new_tokens": max_new_tokens,
-                   "n_skipped_long": len(tokenized) - len([k for k, t in enumerate(tokenized)
-                                                           if len(t.response_ids) - 1 <= max_new_tokens])}
+                   "n_skipped_long": len(tokenized) - len(short)}
     finally:
         if adapter is not None and model_and_tokenizer is not None:
             model.unload()  # give the caller its base model back without the adapter layers
