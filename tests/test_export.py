@@ -46,8 +46,8 @@ def test_export_subset_messages_variant(tmp_path):
 
 @pytest.mark.parametrize(
     "indices, weights, match",
-    [([0, 12], None, "outside the dataset"), ([1, 1], None, "duplicates"),
-     ([0, 1], [1.0], "same length"), ([0], [float("nan")], "finite")],
+    [([0, 12], None, "outside the data set"), ([1, 1], None, "duplicates"),
+     ([0, 1], [1.0], "1 weights for 2 indices"), ([0], [float("nan")], "finite")],
 )
 def test_export_subset_rejects_bad_coresets(tmp_path, indices, weights, match):
     with pytest.raises(MintError, match=match):

@@ -54,3 +54,20 @@ def test_write_is_byte_stable(tmp_path):
     write_jsonl(tmp_path / "1.jsonl", recs)
     write_jsonl(tmp_path / "2.jsonl", recs)
     assert (tmp_path / "1.jsonl").read_bytes() == (tmp_path / "2.jsonl").read_bytes() == b'{"b": 1, "a": "x"}\n'
+
+
+def test_check_subset_defaults_and_zero_weights():
+    import numpy as np
+
+    from mint.records import check_subset
+
+    idx, w = check_subset(None, None, 3)
+    assert idx.tolist() == [0, 1, 2] and w.tolist() == [1.0, 1.0, 1.0]
+    # a facility-location weight may be 0 (an element nobody has as nearest): allowed
+    idx, w = check_subset(np.array([2, 0]), [0.0, 3.0], 3)
+    assert idx.dtype == np.int64 and w.tolist() == [0.0, 3.0]
+    with pytest.raises(MintError, match="subset is empty"):
+        check_subset([], None, 3)
+    assert check_subset([], None, 3, allow_empty=True)[0].size == 0
+    with pytest.raises(MintError, match="1-D array of integers"):
+        check_subset([0.5], None, 3)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import MintError
-from .records import write_jsonl
+from .records import check_subset, write_jsonl
 
 __all__ = [
     "export_subset",
@@ -107,26 +107,7 @@ def export_subset(
     """
     if schema not in ("original", "messages"):
         raise MintError(f"export schema must be 'original' or 'messages', got {schema!r}")
-    idx = np.asarray(indices)
-    if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
-        raise MintError(f"indices must be a 1-D array of integers, got dtype {idx.dtype} and shape {idx.shape}")
-    n = len(records)
-    if idx.size and (idx.min() < 0 or idx.max() >= n):
-        bad = int(idx[(idx < 0) | (idx >= n)][0])
-        raise MintError(
-            f"coreset index {bad} is outside the dataset of {n} records; the coreset was "
-            "selected on a different (larger) data file: pass the file it was selected from"
-        )
-    if len(np.unique(idx)) != idx.size:
-        raise MintError("coreset indices contain duplicates; each record may be selected once")
-    if weights is None:
-        w = np.ones(idx.size, dtype=np.float64)
-    else:
-        w = np.asarray(weights, dtype=np.float64)
-        if w.shape != idx.shape:
-            raise MintError(f"{w.size} weights for {idx.size} indices; they must have the same length")
-        if not np.all(np.isfinite(w)) or (w.size and w.min() < 0):
-            raise MintError("coreset weights must be finite and >= 0")
+    idx, w = check_subset(indices, weights, len(records), source="coreset", allow_empty=True)
     integral = bool(np.all(w == np.round(w)))
 
     out: list[dict] = []

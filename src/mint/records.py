@@ -15,7 +15,7 @@ from typing import Iterable
 from ._io import atomic_write_bytes
 from .errors import MintError
 
-__all__ = ["read_records", "write_jsonl"]
+__all__ = ["read_records", "write_jsonl", "check_subset"]
 
 
 def _read_text(path: Path) -> str:
@@ -75,3 +75,42 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:
     lines = [json.dumps(r, ensure_ascii=False) for r in records]
     data = ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
     return atomic_write_bytes(path, data)
+
+
+def check_subset(indices, weights, n_records: int, *, source: str = "coreset",
+                 allow_empty: bool = False):
+    """Validate a subset of a data file: `indices` (None = every record) and `weights`
+    (None = 1 each). Returns `(indices int64, weights float64)`.
+
+    Indices must be distinct and within the file; weights finite, >= 0 (a facility-location
+    weight is 0 for an element that no example has as its nearest) and not all 0."""
+    import numpy as np
+
+    if indices is None:
+        idx = np.arange(n_records, dtype=np.int64)
+    else:
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+            raise MintError(f"{source}: indices must be a 1-D array of integers, got shape {idx.shape} "
+                            f"dtype {idx.dtype}")
+        if idx.size == 0 and not allow_empty:
+            raise MintError(f"{source}: the subset is empty; select at least one record")
+        idx = idx.astype(np.int64)
+        bad = idx[(idx < 0) | (idx >= n_records)]
+        if bad.size:
+            raise MintError(f"{source}: index {int(bad[0])} is outside the data set of {n_records} records "
+                            "(was it selected from other data?); pass the data file it was selected from")
+        if np.unique(idx).size != idx.size:
+            raise MintError(f"{source}: indices contain duplicates; a coreset lists each record once")
+    if weights is None:
+        return idx, np.ones(idx.size, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != idx.shape:
+        raise MintError(f"{source}: {w.size} weights for {idx.size} indices; give one weight per index")
+    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+    if bad.size:
+        raise MintError(f"{source}: weights must be finite and >= 0, but the weight of index {int(idx[bad[0]])} "
+                        f"is {float(w[bad[0]])}; drop that index or fix its weight")
+    if w.size and not np.any(w > 0):
+        raise MintError(f"{source}: every weight is 0; at least one record must have a positive weight")
+    return idx, w

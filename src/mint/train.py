@@ -40,6 +40,7 @@ import numpy as np
 
 from ._io import atomic_write_json, read_json, sha256_bytes, sha256_file, versions
 from .errors import MintError
+from .records import check_subset
 from .modeling import LoraSettings  # light: modeling imports torch/transformers/peft inside functions
 
 __all__ = [
@@ -92,34 +93,6 @@ def accumulate_step(model, tokenized: Sequence, coefs: Sequence[float], *, batch
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
-
-
-def _check_subset(indices, weights, n_records: int, source: str) -> tuple[np.ndarray, np.ndarray]:
-    if indices is None:
-        idx = np.arange(n_records, dtype=np.int64)
-    else:
-        idx = np.asarray(indices)
-        if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
-            raise MintError(f"{source}: indices must be a non-empty 1-D array of integers, got shape "
-                            f"{idx.shape} dtype {idx.dtype}")
-        idx = idx.astype(np.int64)
-        bad = idx[(idx < 0) | (idx >= n_records)]
-        if bad.size:
-            raise MintError(f"{source}: index {int(bad[0])} is outside the data set of {n_records} records "
-                            "(the coreset was selected from other data?); select again on this file")
-        if np.unique(idx).size != idx.size:
-            raise MintError(f"{source}: indices contain duplicates; a coreset lists each example once")
-    if weights is None:
-        w = np.ones(idx.size, dtype=np.float64)
-    else:
-        w = np.asarray(weights, dtype=np.float64)
-        if w.shape != idx.shape:
-            raise MintError(f"{source}: {w.size} weights for {idx.size} indices; give one weight per index")
-        bad = np.flatnonzero(~np.isfinite(w) | (w <= 0))
-        if bad.size:
-            raise MintError(f"{source}: weights must be finite and > 0, but the weight of index {int(idx[bad[0]])} "
-                            f"is {float(w[bad[0]])}; drop that index or give it a positive weight")
-    return idx, w
 
 
 def load_coreset(path: str | os.PathLike) -> dict[str, Any]:
@@ -260,7 +233,7 @@ def train_lora(
     examples = load_examples(data_path, schema=schema)
     if callable(indices):
         indices = indices(len(examples))
-    idx, w = _check_subset(indices, weights, len(examples), "coreset")
+    idx, w = check_subset(indices, weights, len(examples), source="coreset")
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     # the detected schema, so that "auto" and an explicit schema name give the same fingerprint
