@@ -117,7 +117,7 @@ def select_all(args, features, n: int) -> list[dict]:
             w = np.ones(idx.size)  # unit weights, as the random baseline of `mint run`
         zero = int((w <= 0).sum())
         if zero:
-            # train_lora needs weights > 0; a selected element nobody is nearest to (a duplicate) stands for no one
+            # a selected element nobody is nearest to (a duplicate) stands for no one: leave it out of training
             log.warning("%s: %d selected examples have weight 0; they are left out of training", label, zero)
             idx, w = idx[w > 0], w[w > 0]
         out.append({"label": label, "method": kw["method"], "alpha": res.alpha, "indices": idx, "weights": w,
