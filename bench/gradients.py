@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     from mint.modeling import (lora_named_parameters, load_lora, load_model_and_tokenizer,
                                response_token_losses)
     from mint.projection import make_projector
-    from mint.warmup import run_warmup
+    from mint.warmup import load_warmup_state, run_warmup
 
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir)
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
               "pt": sum(1 + len(t.response_ids) for t in tokenized)}
     keys = [k for k, _ in lora_named_parameters(model)]
     collector = LoraGradCollector(model)
-    state = _adam_state(warm, keys)
+    state = _adam_state(load_warmup_state(warm), warm, keys)
     pre = Preconditioner("adam", **{k: state[k] for k in ("exp_avg", "exp_avg_sq", "betas", "eps")})
     projector = make_projector(collector.grad_dim, args.proj_dim, seed=0, cache_bytes=1 << 30)
     results = {"n": n, "max_length": args.max_length, "proj_dim": args.proj_dim, "grad_dim": collector.grad_dim,
