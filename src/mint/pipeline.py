@@ -26,8 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from ._io import atomic_write_json, read_json, sha256_bytes, sha256_file, versions
 from .config import RunConfig, save_config
 from .errors import MintError
@@ -308,9 +306,10 @@ def run_pipeline(cfg: RunConfig, *, overwrite: bool = False) -> PipelineResult:
         "train_coreset", {**train_common, "select": select.key, "ratio": ratio, "weighting": t.weighting},
         trainer(indices, weights, t.weighting))
     if t.random_baseline:
-        # its own stream: default_rng(seed) would draw the warm-up sample again when k matches its size
-        rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(1,)))
-        rand_idx = np.sort(rng.choice(n_records, size=k, replace=False))
+        from .warmup import random_subset_indices
+
+        # the same subset as `mint train --random RATIO`, from a stream apart from the warm-up sample's
+        rand_idx = random_subset_indices(n_records, ratio, cfg.seed)
         trained["random"] = steps.run("train_random", {**train_common, "n": n_records,
                                                        "indices_sha256": sha256_bytes(rand_idx.tobytes())},
                                       trainer(rand_idx, None, "none"))
