@@ -208,27 +208,14 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise bad
-    if tp is int:
+    if tp in (int, float):
         if isinstance(value, bool):
             raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise bad  # 2.5 is no int; 2.0 is
+        if isinstance(value, (int, float, str)):
             try:
-                return int(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
+                return tp(value)
             except ValueError:
                 raise bad from None
         raise bad
