@@ -5,7 +5,7 @@ Compares, on the same N real records (default 64 of the Alpaca pool, max_length 
 * floor:   two ordinary LoRA training steps per example at batch size 1 (forward + backward of
            the SFT view, then of the PT view, each followed by an AdamW step): the cost any
            method that needs both gradients of every example must pay;
-* loop:    `mint.gradients.shard_features` with batch_size 1 (per-example gradients from hooks,
+* loop:    `mint.model.gradients.shard_features` with batch_size 1 (per-example gradients from hooks,
            Adam preconditioning, projection to proj_dim);
 * batched: the same with batch_size B (default 8).
 
@@ -46,12 +46,12 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from mint.data import collate, collate_ids, load_examples, tokenize_examples
-    from mint.gradients import LoraGradCollector, Preconditioner, _adam_state, shard_features
-    from mint.modeling import (lora_named_parameters, load_lora, load_model_and_tokenizer,
+    from mint.model.data import collate, collate_ids, load_examples, tokenize_examples
+    from mint.model.gradients import LoraGradCollector, Preconditioner, _adam_state, shard_features
+    from mint.model.modeling import (lora_named_parameters, load_lora, load_model_and_tokenizer,
                                response_token_losses)
-    from mint.projection import make_projector
-    from mint.warmup import load_warmup_state, run_warmup
+    from mint.model.projection import make_projector
+    from mint.model.warmup import load_warmup_state, run_warmup
 
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir)

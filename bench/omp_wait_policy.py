@@ -26,7 +26,7 @@ def main() -> None:
 
     import torch
 
-    from mint.modeling import LoraSettings, add_lora, load_model_and_tokenizer
+    from mint.model.modeling import LoraSettings, add_lora, load_model_and_tokenizer
 
     torch.set_num_threads(args.threads)
     model, _ = load_model_and_tokenizer("smollm2-135m-instruct", device="cpu")

@@ -167,12 +167,12 @@ def main(argv=None) -> int:
     import torch
 
     from mint._io import atomic_write_json, atomic_write_text
-    from mint.evaluate import evaluate
-    from mint.gradients import compute_features
-    from mint.modeling import LoraSettings, load_model_and_tokenizer
-    from mint.store import load_features
-    from mint.train import read_train_manifest, train_lora
-    from mint.warmup import run_warmup
+    from mint.model.evaluate import evaluate
+    from mint.model.gradients import compute_features
+    from mint.model.modeling import LoraSettings, load_model_and_tokenizer
+    from mint.model.store import load_features
+    from mint.model.train import read_train_manifest, train_lora
+    from mint.model.warmup import run_warmup
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     loaded = load_model_and_tokenizer(MODEL, device="cpu")
 
     def cached_eval(folder: Path, adapter: Path | None) -> dict:
-        from mint.evaluate import _adapter_hash  # the hash metrics.json records
+        from mint.model.evaluate import _adapter_hash  # the hash metrics.json records
 
         f = folder / "metrics.json"
         if f.is_file():

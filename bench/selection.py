@@ -80,8 +80,8 @@ def _rss_now_gib() -> float:
 def run_one_alpha(n: int, d: int, seed: int, alpha: float) -> dict:
     """The cost of one point of the alpha scan at this N: the pre-sample greedy for one alpha
     (the scan runs 174 of them, spread over the cores)."""
-    from mint.alpha import evaluate_alpha
-    from mint.distances import pairwise_distances
+    from mint.selection.alpha import evaluate_alpha
+    from mint.selection.distances import pairwise_distances
 
     feats = make_features(n, d, seed)
     n_pre = max(2, round(0.3 * n))
@@ -98,7 +98,7 @@ def run_one_alpha(n: int, d: int, seed: int, alpha: float) -> dict:
 
 def run_timing(n: int, d: int, seed: int, n_jobs: int | None, skip_floor: bool, alpha: float | None = None) -> dict:
     from mint import select_coreset
-    from mint.distances import alpha_combination, combined_distances
+    from mint.selection.distances import alpha_combination, combined_distances
 
     t = time.perf_counter()
     feats = make_features(n, d, seed)
@@ -157,7 +157,7 @@ def _dense_greedy(S: np.ndarray, k: int) -> np.ndarray:
 
 def dense_reference(feats: dict, seed: int = 0, preheat: float = 0.3):
     """MINT selection written the plain way: dense float64 matrices, naive greedy."""
-    from mint.alpha import alpha_grid, detect_plateau
+    from mint.selection.alpha import alpha_grid, detect_plateau
 
     n = len(feats["pt"])
     n_pre = max(2, round(preheat * n))

@@ -1,4 +1,4 @@
-"""Benchmark: examples/s of weighted LoRA training (`mint.train.train_lora`) with
+"""Benchmark: examples/s of weighted LoRA training (`mint.model.train.train_lora`) with
 SmolLM2-135M-Instruct on CPU, on the first N real records, for several batch sizes.
 
 Reports the optimizer-step loop alone (`train_seconds` in the manifest: model loading and
@@ -35,8 +35,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from mint.modeling import LoraSettings
-    from mint.train import read_train_manifest, train_lora
+    from mint.model.modeling import LoraSettings
+    from mint.model.train import read_train_manifest, train_lora
 
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir)

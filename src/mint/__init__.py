@@ -12,11 +12,15 @@ _LAZY = {
     "select_coreset": "mint.selection",
     "SelectionResult": "mint.selection",
     "Subset": "mint.selection",
-    "load_features": "mint.store",
-    "compute_features": "mint.gradients",
-    "load_config": "mint.config",
+    "load_features": "mint.model.store",
+    "compute_features": "mint.model.gradients",
+    "run_warmup": "mint.model.warmup",
+    "train_lora": "mint.model.train",
+    "evaluate": "mint.model.evaluate",
+    "export_coreset": "mint.pipeline.export",
+    "load_config": "mint.pipeline.config",
     "run_pipeline": "mint.pipeline",
-    "export_subset": "mint.export",
+    "export_subset": "mint.pipeline.export",
 }
 
 __all__ = ["__version__", *_LAZY]

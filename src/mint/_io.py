@@ -117,7 +117,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def versions() -> dict[str, str]:
     """Versions of the packages that can change results, for provenance records.
     Only packages already imported are asked, so this never triggers a heavy import."""
-    from . import __version__
+    from mint import __version__
 
     out = {"mint": __version__, "python": platform.python_version(), "numpy": np.__version__}
     for name in ("torch", "transformers", "peft", "accelerate"):

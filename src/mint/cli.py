@@ -10,8 +10,8 @@ import importlib
 import logging
 import sys
 
-from . import __version__
-from .errors import MintError
+from mint import __version__
+from mint.errors import MintError
 
 # subcommand -> module under mint.commands, in the order of the pipeline
 COMMANDS = {
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         # Only commands that declare `extra_args` (e.g. `run`, whose dotted config keys are
-        # checked by mint.config with a "did you mean" hint) accept arguments argparse does not know.
+        # checked by mint.pipeline.config with a "did you mean" hint) accept arguments argparse does not know.
         if not hasattr(args, "extra_args"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.extra_args = extra

@@ -1,7 +1,7 @@
 """Reading and writing instruction records exactly as the user gave them.
 
 `read_records` accepts a JSON array or JSON Lines, optionally gzip-compressed, and returns the
-records untouched (schema checks live in `mint.data`). Errors name the file, the line and the fix.
+records untouched (schema checks live in `mint.model.data`). Errors name the file, the line and the fix.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from ._io import atomic_write_bytes
-from .errors import MintError
+from mint._io import atomic_write_bytes
+from mint.errors import MintError
 
 __all__ = ["read_records", "write_jsonl", "check_subset"]
 

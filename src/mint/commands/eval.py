@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from mint.evaluate import evaluate
+    from mint.model.evaluate import evaluate
 
     adapter = args.adapter
     if adapter and not (Path(adapter) / "adapter_config.json").is_file() and (Path(adapter) / "adapter").is_dir():

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mint.export import export_coreset
+    from mint.pipeline.export import export_coreset
 
     out = export_coreset(args.data, args.selection, args.output_dir, ratios=args.ratios, name=args.name)
     for ratio, paths in sorted(out.items()):

@@ -50,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mint.errors import MintError
-    from mint.gradients import compute_features
-    from mint.store import read_manifest
+    from mint.model.gradients import compute_features
+    from mint.model.store import read_manifest
 
     dims = args.proj_dim
     if None in dims:

@@ -12,7 +12,7 @@ command line as --section.key VALUE [VALUE ...], e.g. --selection.ratios 0.05 0.
 
 
 def _epilog() -> str:
-    from mint.config import iter_fields
+    from mint.pipeline.config import iter_fields
 
     rows = []
     for key, _tp, default, help_text in iter_fields():
@@ -20,7 +20,7 @@ def _epilog() -> str:
         rows.append(f"  --{key} (default: {shown})\n      {help_text}")
     return _EPILOG + "\n".join(rows) + (
         "\n\nWith neither --config nor --data.train, `mint run` runs the offline demo: built-in data, "
-        "the smollm2-135m-instruct model and the demo preset (mint.config.DEMO_PRESET).")
+        "the smollm2-135m-instruct model and the demo preset (mint.pipeline.config.DEMO_PRESET).")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a different run (or foreign files) in the run folder")
     parser.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
-    # Dotted config keys arrive as unparsed extra arguments and are checked by mint.config,
+    # Dotted config keys arrive as unparsed extra arguments and are checked by mint.pipeline.config,
     # which rejects unknown keys with a "did you mean" hint.
     parser.set_defaults(extra_args=[])
 
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from mint.config import load_config, parse_overrides
+    from mint.pipeline.config import load_config, parse_overrides
 
     overrides = parse_overrides(list(args.extra_args))
     if args.output_dir is not None:
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     from mint.pipeline import run_pipeline
-    from mint.report import short_summary
+    from mint.pipeline.report import short_summary
 
     result = run_pipeline(cfg, overwrite=args.overwrite)
     print(short_summary(result.run_dir))

@@ -1,5 +1,5 @@
 """`mint select`: MINT coreset selection from gradient features (a thin wrapper over
-`mint.selection.run_selection`)."""
+`mint.pipeline.select_step.run_selection`)."""
 from __future__ import annotations
 
 HELP = "select weighted coresets from gradient features (MINT facility location, automatic alpha)"
@@ -44,7 +44,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from mint._io import read_json
-    from mint.selection import run_selection, summary_text
+    from mint.pipeline.select_step import run_selection, summary_text
 
     run_selection(
         args.features, args.output_dir, ratios=args.ratios, method=args.method, alpha=args.alpha,

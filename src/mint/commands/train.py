@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from mint.errors import MintError
-    from mint.train import load_coreset, train_lora
-    from mint.warmup import random_subset_indices
+    from mint.model.train import load_coreset, train_lora
+    from mint.model.warmup import random_subset_indices
 
     options = common_options(args)
     pick = weights = None

@@ -38,7 +38,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, epochs: float, lr: f
 
 
 def common_options(args: argparse.Namespace) -> dict:
-    from mint.modeling import LoraSettings
+    from mint.model.modeling import LoraSettings
 
     lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
                         target_modules=tuple(args.target_modules) if args.target_modules else None)
@@ -49,7 +49,7 @@ def common_options(args: argparse.Namespace) -> dict:
 
 
 def summary(kind: str, out) -> str:
-    from mint.train import read_train_manifest
+    from mint.model.train import read_train_manifest
 
     m = read_train_manifest(out)
     c = m["config"]
@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mint.warmup import run_warmup
+    from mint.model.warmup import run_warmup
 
     out = run_warmup(args.model, args.data, args.output_dir, sample_ratio=args.sample_ratio, **common_options(args))
     print(summary("warmup", out))

@@ -1,0 +1,14 @@
+"""The choice lists of every setting that takes one of a few names: one source for the library
+functions, the config checks and the command-line parsers (stdlib only, imported everywhere)."""
+from __future__ import annotations
+
+SCHEMAS = ("alpaca", "chat", "prompt_completion")  # record schemas; "auto" detects one of them
+TEMPLATES = ("auto", "chat", "plain")  # prompt rendering
+LONG_PROMPTS = ("error", "truncate")  # a prompt that alone fills max_length
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # model precision
+GRAD_TYPES = ("adam", "sgd", "sign")  # gradient features: Adam-preconditioned, plain, sign
+PROJECTIONS = ("rademacher", "gaussian")  # random projection entries
+METHODS = ("mint", "craig", "pt", "ifl", "random")  # selection methods
+ALPHA_METHODS = ("plateau", "plateau_scaled", "golden")  # automatic alpha
+WEIGHTINGS = ("loss", "sampling", "none")  # how coreset weights enter training
+FEATURE_KINDS = ("sft", "pt", "ifl")  # the three gradient features

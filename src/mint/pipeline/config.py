@@ -1,0 +1,385 @@
+"""The configuration of a `mint run`: dataclasses with help text, a YAML file and dotted overrides.
+
+Layers, later ones winning: the defaults below; the demo preset (`DEMO_PRESET`, only when no
+config file and no `data.train` are given, i.e. `mint run` alone); the YAML file; the dotted
+command-line overrides (`--selection.ratios 0.05 0.1`). Unknown keys, wrong types and values
+out of range are `MintError`s naming the key and the fix. `RunConfig.to_dict()` is what a run
+saves as `config.yaml`, so `mint run --config RUN/config.yaml` reproduces it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mint.errors import MintError
+
+__all__ = [
+    "DataConfig", "ModelConfig", "LoraConfig", "WarmupConfig", "GradsConfig", "SelectionConfig",
+    "TrainConfig", "EvalConfig", "RunConfig", "DEMO_PRESET", "load_config", "parse_overrides",
+    "iter_fields", "save_config",
+]
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class DataConfig:
+    train: str | None = _f(None, "instruction data to select from: JSON or JSONL (.gz ok) in Alpaca, chat "
+                                 "(`messages`) or prompt/completion schema; empty = the built-in demo data")
+    eval: str | None = _f(None, "held-out file for evaluation, same schema; empty = the demo's held-out split "
+                                "with demo data, else no evaluation")
+    schema: str = _f("auto", "record schema: auto | alpaca | chat | prompt_completion")
+    template: str = _f("auto", "prompt rendering: auto (chat template when the tokenizer has one) | chat | plain")
+    max_length: int = _f(512, "tokens per example; prompts are cut from the left first, responses kept")
+    long_prompts: str = _f("error", "a prompt that alone fills max_length: error (bad input) | truncate "
+                                    "(cut it from the left like other prompts)")
+    demo_examples: int = _f(200, "size of the built-in demo training split (only when `train` is empty)")
+    demo_eval_examples: int = _f(60, "size of the built-in demo held-out split (only when `train` is empty)")
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("smollm2-135m-instruct", "base model: a local folder, a hub id (needs network), or the "
+                                            "offline alias smollm2-135m-instruct")
+    device: str = _f("auto", "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
+    dtype: str = _f("auto", "auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16")
+
+
+@dataclass
+class LoraConfig:
+    r: int = _f(8, "LoRA rank (LESS/MINT used 128 on GPUs)")
+    alpha: float = _f(16.0, "LoRA scaling numerator (lora_alpha)")
+    dropout: float = _f(0.05, "LoRA dropout")
+    target_modules: list[str] | None = _f(None, "module names to adapt; empty = per-architecture default "
+                                                "(q_proj k_proj v_proj o_proj for Llama-like models)")
+
+
+@dataclass
+class WarmupConfig:
+    sample_ratio: float = _f(0.05, "fraction of the data, drawn at random, to warm the adapter up on (paper: 5%)")
+    epochs: float = _f(4.0, "warm-up epochs (LESS: 4)")
+    lr: float = _f(2e-5, "warm-up AdamW learning rate (LESS: 2e-5)")
+    batch_size: int = _f(8, "examples per forward pass")
+    grad_accum: int = _f(1, "forward passes per optimizer step")
+
+
+@dataclass
+class GradsConfig:
+    proj_dim: int | None = _f(8192, "random projection dimension of the gradient features (paper: 8192); "
+                                    "empty = raw gradients")
+    grad_type: str = _f("adam", "adam (preconditioned with the warm-up AdamW state, as in LESS/MINT) | sgd | sign")
+    batch_size: int = _f(8, "examples per batched per-example-gradient pass")
+
+
+@dataclass
+class SelectionConfig:
+    ratios: list[float] = _f([0.05], "coreset sizes as fractions of the data, each in (0, 1]; nested prefixes "
+                                     "of one greedy order")
+    method: str = _f("mint", "mint | craig (SFT distances only) | pt | ifl | random")
+    alpha: float | None = _f(None, "MINT trade-off a in (0, 1) for D = d_PT/a + d_IFL/(1-a); empty = automatic")
+    alpha_method: str = _f("plateau", "automatic alpha: plateau (MINT reference) | plateau_scaled | golden (BRIEF)")
+    coef: list[float] | None = _f(None, "explicit distance coefficients [c_sft, c_pt, c_ifl] instead of alpha")
+    preheat_ratio: float = _f(0.3, "fraction of the data pre-sampled for the automatic alpha search")
+
+
+@dataclass
+class TrainConfig:
+    ratio: float | None = _f(None, "which selection ratio to train on (must be one of selection.ratios); "
+                                   "empty = the largest")
+    weighting: str = _f("loss", "how coreset weights enter training: loss (w_i/mean(w) times each example's "
+                                "loss) | sampling (draw examples with probability proportional to w) | none")
+    epochs: float = _f(3.0, "training epochs over the subset")
+    lr: float = _f(2e-5, "AdamW learning rate")
+    batch_size: int = _f(8, "examples per forward pass")
+    grad_accum: int = _f(1, "forward passes per optimizer step")
+    random_baseline: bool = _f(True, "also train on a random subset of the same size (uniform weights)")
+    full_baseline: bool = _f(False, "also train on the full data (the reference a coreset tries to match)")
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = _f(8, "examples per forward pass")
+    generate: bool = _f(False, "also greedy-generate answers and score exact match and ROUGE-L")
+    max_new_tokens: int = _f(32, "generation length; examples whose reference is longer are not generated")
+    generate_limit: int | None = _f(None, "generate for at most this many held-out examples; empty = all")
+    base: bool = _f(True, "also evaluate the base model without an adapter")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = _f("runs/mint", "run folder: one subfolder per step, config.yaml and report.md")
+    seed: int = _f(0, "seed for sampling, projection, selection and training")
+    threads: int | None = _f(None, "torch CPU threads; empty = torch's default")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    grads: GradsConfig = field(default_factory=GradsConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def train_ratio(self) -> float:
+        return self.train.ratio if self.train.ratio is not None else max(self.selection.ratios)
+
+    def validate(self) -> "RunConfig":
+        _validate(self)
+        return self
+
+
+# The offline demo (`mint run` with no arguments): small enough for a 2-core CPU in a few minutes,
+# strong enough that the coreset-trained model clearly beats the base model on the held-out split.
+DEMO_PRESET: dict[str, Any] = {
+    "output_dir": "runs/demo",
+    "threads": 2,
+    "data.max_length": 128,
+    "lora.r": 8,
+    "lora.alpha": 16.0,
+    "warmup.sample_ratio": 0.1,
+    "warmup.epochs": 2.0,
+    "warmup.lr": 1e-3,
+    "grads.proj_dim": 1024,
+    "selection.ratios": [0.1],
+    "train.epochs": 3.0,
+    "train.lr": 1e-3,
+    "eval.generate": True,
+    "eval.max_new_tokens": 24,
+    "eval.generate_limit": 40,
+}
+
+_CHOICES = {
+    "data.schema": ("auto", "alpaca", "chat", "prompt_completion"),
+    "data.template": ("auto", "chat", "plain"),
+    "data.long_prompts": ("error", "truncate"),
+    "grads.grad_type": ("adam", "sgd", "sign"),
+    "selection.method": ("mint", "craig", "pt", "ifl", "random"),
+    "selection.alpha_method": ("plateau", "plateau_scaled", "golden"),
+    "train.weighting": ("loss", "sampling", "none"),
+}
+
+
+def iter_fields(cls: type = RunConfig, prefix: str = ""):
+    """(dotted key, type, default, help) for every leaf setting, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from iter_fields(tp, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        yield f"{prefix}{f.name}", tp, default, f.metadata.get("help", "")
+
+
+def _type_name(tp: Any) -> str:
+    return str(tp).replace("typing.", "").replace("NoneType", "None").replace("<class '", "").replace("'>", "")
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """`value` checked against the annotation `tp` (ints accepted for floats, a scalar for a list)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, inner[0], value)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return [_coerce(key, item, v) for v in values]
+    bad = MintError(f"config key {key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise bad
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise bad
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise bad  # 2.5 is no int; 2.0 is
+        if isinstance(value, (int, float, str)):
+            try:
+                return tp(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    raise bad  # pragma: no cover - every annotation above is handled
+
+
+def _unknown(key: str, known: list[str], where: str) -> MintError:
+    # a misspelling within the right section ("selection.ratio"), then a bare or misplaced leaf
+    # name ("ratios", "train.ratios"), then any close spelling
+    section = key.rsplit(".", 1)[0] + "." if "." in key else None
+    same = [k for k in known if section and k.startswith(section)]
+    hint = difflib.get_close_matches(key, same, n=1, cutoff=0.6)
+    hint = hint or [k for k in known if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:1]
+    hint = hint or difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    fix = f"did you mean {hint[0]!r}?" if hint else "see `mint run --help` for the list of keys"
+    return MintError(f"unknown config key {key!r} in {where}; {fix}")
+
+
+def _flatten(tree: Any, where: str, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        raise MintError(f"{where}: expected a mapping of config sections, got {type(tree).__name__}")
+    sections = {k.split(".")[0] for k, *_ in iter_fields() if "." in k}
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and not prefix and k in sections:
+            flat.update(_flatten(v, where, f"{key}."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def _apply(cfg: RunConfig, flat: dict[str, Any], where: str) -> None:
+    types_by_key = {k: tp for k, tp, _, _ in iter_fields()}
+    for key, value in flat.items():
+        if key not in types_by_key:
+            raise _unknown(key, list(types_by_key), where)
+        obj = cfg
+        *path, leaf = key.split(".")
+        for part in path:
+            obj = getattr(obj, part)
+        setattr(obj, leaf, _coerce(key, types_by_key[key], value))
+
+
+def _parse_token(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(tokens: list[str]) -> dict[str, Any]:
+    """`["--selection.ratios", "0.05", "0.1", "--seed=3"]` -> {"selection.ratios": [0.05, 0.1], "seed": 3}.
+
+    Values are read as YAML scalars (`null`, `true`, numbers); several values make a list."""
+    out: dict[str, Any] = {}
+    key: str | None = None
+    for tok in tokens:
+        if tok.startswith("--") and len(tok) > 2 and not _is_number(tok):
+            name, eq, val = tok[2:].partition("=")
+            key = name.replace("-", "_")
+            out[key] = [_parse_token(val)] if eq else []
+        elif key is None:
+            raise MintError(f"unexpected argument {tok!r}: config overrides look like --section.key VALUE")
+        else:
+            out[key].append(_parse_token(tok))
+    for k, v in out.items():
+        if not v:
+            raise MintError(f"config override --{k} needs a value (use `null` for empty)")
+        out[k] = v[0] if len(v) == 1 else v
+    return out
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        float(tok)
+        return True
+    except ValueError:
+        return False
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
+                *, demo: bool | None = None) -> RunConfig:
+    """The resolved, validated configuration.
+
+    `demo=None` applies `DEMO_PRESET` when neither a file nor `data.train` is given."""
+    import yaml
+
+    file_flat: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            tree = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file not found: {p}") from None
+        except yaml.YAMLError as e:
+            raise MintError(f"{p}: not valid YAML ({e})") from e
+        file_flat = _flatten(tree or {}, str(p))
+    overrides = dict(overrides or {})
+    if demo is None:
+        demo = path is None and overrides.get("data.train") is None
+    cfg = RunConfig()
+    if demo:
+        _apply(cfg, DEMO_PRESET, "the demo preset")
+    _apply(cfg, file_flat, str(path))
+    _apply(cfg, overrides, "the command-line overrides")
+    return cfg.validate()
+
+
+def save_config(cfg: RunConfig, path: str | os.PathLike) -> Path:
+    import yaml
+
+    from mint._io import atomic_write_text
+
+    return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
+
+
+def _validate(cfg: RunConfig) -> None:
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise MintError(f"config key {key}: {msg}")
+
+    for key, choices in _CHOICES.items():
+        section, leaf = key.split(".")
+        value = getattr(getattr(cfg, section), leaf)
+        need(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
+    s, t = cfg.selection, cfg.train
+    need(len(s.ratios) > 0, "selection.ratios", "give at least one ratio")
+    for r in s.ratios:
+        need(0 < r <= 1, "selection.ratios", f"ratio {r} is outside (0, 1]; use e.g. 0.05 for 5%")
+    names = [f"{r:.2f}" for r in s.ratios]  # coreset files are named coreset_{ratio:.2f}
+    need(len(set(names)) == len(names), "selection.ratios",
+         f"{s.ratios} has ratios that round to the same two decimals (coreset file names); make them differ there")
+    if t.ratio is not None:
+        need(any(f"{t.ratio:.2f}" == f"{r:.2f}" for r in s.ratios), "train.ratio",
+             f"{t.ratio} is not among selection.ratios {s.ratios}; add it there or pick one of them")
+    if s.alpha is not None:
+        need(0 < s.alpha < 1, "selection.alpha", f"{s.alpha} is outside (0, 1); leave empty for automatic")
+    if s.coef is not None:
+        need(len(s.coef) == 3, "selection.coef", f"needs 3 numbers [c_sft, c_pt, c_ifl], got {s.coef}")
+        need(min(s.coef) >= 0 and max(s.coef) > 0, "selection.coef", "coefficients must be >= 0, not all 0")
+        need(s.alpha is None, "selection.coef", "give either selection.alpha or selection.coef, not both")
+    need(0 < s.preheat_ratio <= 1, "selection.preheat_ratio", f"{s.preheat_ratio} is outside (0, 1]")
+    need(0 < cfg.warmup.sample_ratio <= 1, "warmup.sample_ratio", f"{cfg.warmup.sample_ratio} is outside (0, 1]")
+    for sec in ("warmup", "train"):
+        c = getattr(cfg, sec)
+        need(c.lr > 0, f"{sec}.lr", f"{c.lr} must be > 0")
+        need(c.epochs > 0, f"{sec}.epochs", f"{c.epochs} must be > 0")
+        need(c.batch_size >= 1, f"{sec}.batch_size", "must be >= 1")
+        need(c.grad_accum >= 1, f"{sec}.grad_accum", "must be >= 1")
+    need(cfg.grads.batch_size >= 1, "grads.batch_size", "must be >= 1")
+    need(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
+    need(cfg.grads.proj_dim is None or cfg.grads.proj_dim >= 1, "grads.proj_dim", "must be >= 1 or empty")
+    need(cfg.data.max_length >= 8, "data.max_length", f"{cfg.data.max_length} is too small (>= 8)")
+    need(cfg.lora.r >= 1, "lora.r", "must be >= 1")
+    need(0 <= cfg.lora.dropout < 1, "lora.dropout", "must be in [0, 1)")
+    need(cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
+    need(cfg.data.demo_examples >= 20, "data.demo_examples", "must be >= 20")
+    need(cfg.data.demo_eval_examples >= 1, "data.demo_eval_examples", "must be >= 1")
+    need(cfg.threads is None or cfg.threads >= 1, "threads", "must be >= 1 or empty")
+    need(bool(cfg.output_dir), "output_dir", "must not be empty")

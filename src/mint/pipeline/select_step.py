@@ -1,0 +1,228 @@
+"""`mint select` as a step: read features from a folder, run `mint.selection.select_coreset`, and
+write every output (coresets, curve, plots, summary) atomically."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Sequence
+
+import numpy as np
+
+from mint.errors import MintError
+from mint.selection import alpha as alpha_mod
+from mint.selection.core import KINDS, SelectionResult, _check_ratios, _check_settings, select_coreset
+
+__all__ = ["run_selection", "load_feature_dir", "summary_text"]
+
+logger = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------- files (mint select)
+
+_OUR_FILES = ("run.json", "summary.json", "summary.txt", "selection.npz", "alpha_curve.csv", "pareto.png", "plateau.png")
+
+
+def load_feature_dir(features_dir) -> tuple[dict, dict]:
+    """Features for selection from a folder: the gradient step's store (`manifest.json`, read
+    with `mint.model.store.load_features`) or plain `{sft,pt,ifl}.npy` files (rows normalised here if
+    they are not already). Returns (features, provenance)."""
+    from pathlib import Path
+
+    from mint._io import sha256_file
+
+    path = Path(features_dir)
+    if not path.is_dir():
+        raise MintError(f"{path}: features folder not found; pass the output folder of `mint grads` with --features")
+    if (path / "manifest.json").is_file():
+        from mint.model.store import load_features, read_manifest
+
+        features = load_features(path, normalized=True)
+        manifest = read_manifest(path)
+        store_settings = manifest.get("settings", {})
+        prov = {"source": "feature store", "path": str(path), "manifest_sha256": sha256_file(path / "manifest.json"),
+                "data_fingerprint": store_settings.get("data_fingerprint"),
+                "data_sha256": store_settings.get("data_sha256")}
+        return dict(features), prov
+    files = {k: path / f"{k}.npy" for k in KINDS if (path / f"{k}.npy").is_file()}
+    if not files:
+        raise MintError(f"{path}: neither a feature store (manifest.json) nor sft.npy/pt.npy/ifl.npy; "
+                        "run `mint grads` first or point --features at its output folder")
+    features = {}
+    for kind, file in files.items():
+        try:
+            X = np.load(file, mmap_mode="r", allow_pickle=False)
+        except ValueError as e:
+            raise MintError(f"{file}: not a readable .npy array ({e})") from e
+        features[kind] = _normalised(X, file)
+    prov = {"source": "npy files", "path": str(path), "sha256": {k: sha256_file(f) for k, f in files.items()}}
+    return features, prov
+
+
+def _normalised(X, file):
+    if X.ndim != 2:
+        raise MintError(f"{file}: expected a 2-D (N, D) array, found shape {X.shape}")
+    norms = np.concatenate([np.linalg.norm(np.asarray(X[s : s + 4096], dtype=np.float64), axis=1)
+                            for s in range(0, X.shape[0], 4096)]) if X.shape[0] else np.zeros(0)
+    if np.all((np.abs(norms - 1) < 1e-3) | (norms == 0) | ~np.isfinite(norms)):
+        return X
+    logger.info("%s: rows are not L2-normalised; normalising them for selection", file)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.asarray(X, dtype=np.float32) / np.where(norms == 0, 1, norms)[:, None].astype(np.float32))
+
+
+def _coreset_name(ratio: float, ext: str) -> str:
+    return f"coreset_{ratio:.2f}.{ext}"
+
+
+def _prepare_output(out, run_key: str, overwrite: bool) -> None:
+    from mint._io import read_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    entries = [p for p in out.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        return
+    marker = out / "run.json"
+    try:
+        same = marker.is_file() and read_json(marker).get("run_key") == run_key
+    except (OSError, ValueError, AttributeError):
+        same = False  # an unreadable marker is treated as a different run
+    if same:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{out} is not empty and holds {'a different selection run' if marker.is_file() else 'other files'}; "
+            "choose a new --output_dir, or pass --overwrite to replace the previous selection outputs"
+        )
+    for p in entries:  # only our own outputs are removed; anything else in the folder stays
+        if p.name in _OUR_FILES or (p.name.startswith("coreset_") and p.suffix in (".npz", ".jsonl")):
+            p.unlink()
+
+
+def run_selection(
+    features_dir,
+    output_dir,
+    *,
+    ratios: Sequence[float] = (0.05, 0.1, 0.15),
+    method: str = "mint",
+    alpha: float | None = None,
+    alpha_method: str = "plateau",
+    coef: Sequence[float] | None = None,
+    preheat_ratio: float = 0.3,
+    seed: int = 0,
+    data=None,
+    overwrite: bool = False,
+    dtype: str = "float32",
+    n_jobs: int | None = None,
+    plateau_min_alpha: float = alpha_mod.PLATEAU_MIN_ALPHA,
+    golden_tol: float = 1e-3,
+    golden_max_iter: int = 40,
+    max_memory_gb: float | None = None,
+    cache_distances: bool | None = None,
+    progress: bool = True,
+) -> SelectionResult:
+    """`mint select`: read features from `features_dir`, select, and write to `output_dir`:
+    coreset_{ratio:.2f}.npz (indices, weights), coreset_{ratio:.2f}.jsonl when `data` is given,
+    selection.npz (order, gains), alpha_curve.csv, pareto.png, plateau.png (automatic alpha
+    only), summary.json and summary.txt. Every file is written atomically; summary.json last."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from mint._io import atomic_save_npz, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file, versions
+
+    t0 = time.perf_counter()
+    out = Path(output_dir)
+    ratio_list = _check_ratios(ratios)
+    names = [_coreset_name(r, "npz") for r in ratio_list]
+    if len(set(names)) != len(names):
+        raise MintError(f"ratios {ratio_list} give the same file name at two decimals; use ratios that differ by >= 0.01")
+    _check_settings(method, alpha, alpha_method, coef, preheat_ratio, dtype)
+    features, inputs = load_feature_dir(features_dir)
+    n = np.shape(next(iter(features.values())))[0]
+    records = None
+    data_prov = None
+    if data is not None:
+        from mint.records import read_records
+
+        records = read_records(data)
+        if len(records) != n:
+            raise MintError(f"{data} has {len(records)} records but the features in {features_dir} describe {n} "
+                            "examples; pass the data file the features were computed from")
+        data_prov = {"path": str(data), "sha256": sha256_file(data), "records": len(records)}
+        if inputs.get("data_sha256") and inputs["data_sha256"] != data_prov["sha256"]:
+            raise MintError(f"{data} is not the file the features in {features_dir} were computed from "
+                            "(its sha256 differs from the one in their manifest); pass that file with --data")
+    settings = {
+        "method": method, "alpha": alpha, "alpha_method": alpha_method, "coef": list(coef) if coef is not None else None,
+        "ratios": ratio_list, "preheat_ratio": preheat_ratio, "seed": seed, "dtype": str(np.dtype(dtype)),
+        "plateau_min_alpha": plateau_min_alpha, "golden_tol": golden_tol, "golden_max_iter": golden_max_iter,
+    }
+    run_key = hashlib.sha256(json.dumps({"settings": settings, "inputs": inputs, "data": data_prov},
+                                        sort_keys=True).encode()).hexdigest()
+    _prepare_output(out, run_key, overwrite)
+    atomic_write_json(out / "run.json", {"run_key": run_key, "settings": settings, "inputs": inputs, "data": data_prov})
+
+    res = select_coreset(
+        features, ratio_list, method=method, alpha=alpha, alpha_method=alpha_method, coef=coef,
+        preheat_ratio=preheat_ratio, seed=seed, dtype=dtype, n_jobs=n_jobs, plateau_min_alpha=plateau_min_alpha,
+        golden_tol=golden_tol, golden_max_iter=golden_max_iter, max_memory_gb=max_memory_gb, cache_distances=cache_distances,
+        progress=progress,
+    )
+    files = []
+    for r in ratio_list:
+        sub = res.subsets[r]
+        atomic_save_npz(out / _coreset_name(r, "npz"), indices=sub.indices, weights=sub.weights)
+        files.append(_coreset_name(r, "npz"))
+        if records is not None:
+            from mint.pipeline.export import export_subset
+
+            export_subset(records, sub.indices, sub.weights, out / _coreset_name(r, "jsonl"))
+            files.append(_coreset_name(r, "jsonl"))
+    atomic_save_npz(out / "selection.npz", order=res.order, gains=res.gains)
+    files.append("selection.npz")
+    if res.curve is not None:
+        from mint.pipeline import plots
+
+        atomic_write_text(out / "alpha_curve.csv", res.curve.to_csv())
+        atomic_write_bytes(out / "pareto.png", plots.pareto_png(res.curve))
+        atomic_write_bytes(out / "plateau.png", plots.plateau_png(res.curve))
+        files += ["alpha_curve.csv", "pareto.png", "plateau.png"]
+    timings = dict(res.timings, wall_s=time.perf_counter() - t0)
+    summary = {
+        "method": res.method, "alpha": res.alpha, "alpha_method": res.alpha_method, "coef": res.coef, "n": res.n,
+        "seed": seed, "dtype": settings["dtype"], "distance_strategy": res.settings["distance_strategy"],
+        "subsets": [
+            {"ratio": r, "k": int(len(res.subsets[r].indices)), "file": _coreset_name(r, "npz"),
+             "e_pt": res.subsets[r].e_pt, "e_ifl": res.subsets[r].e_ifl,
+             "weight_sum": float(res.subsets[r].weights.sum()), "max_weight": float(res.subsets[r].weights.max())}
+            for r in ratio_list
+        ],
+        "alpha_search": None if res.curve is None else {
+            "method": res.curve.method, "chosen": res.curve.chosen, "reason": res.curve.reason,
+            "points": len(res.curve), "n_pre": res.curve.n_pre, "k_pre": res.curve.k_pre, "sigma": res.curve.sigma,
+        },
+        "settings": settings, "inputs": inputs, "data": data_prov, "versions": versions(), "run_key": run_key,
+        "timings": {k: round(v, 3) for k, v in timings.items()}, "files": files + ["summary.txt", "summary.json"],
+    }
+    atomic_write_text(out / "summary.txt", summary_text(summary))
+    atomic_write_json(out / "summary.json", summary)
+    return res
+
+
+def summary_text(summary: dict) -> str:
+    """A few human-readable lines about a selection (also printed by `mint select`)."""
+    if summary["alpha"] is not None:
+        how = f"alpha = {summary['alpha']:g}"
+        if summary["alpha_search"]:
+            s = summary["alpha_search"]
+            how += f" ({s['method']} over {s['points']} alphas on a pre-sample of {s['n_pre']}: {s['reason']})"
+    elif summary["coef"] is not None:
+        how = "coefficients (c_sft, c_pt, c_ifl) = " + ", ".join(f"{c:g}" for c in summary["coef"])
+    else:
+        how = "no alpha (baseline)"
+    lines = [f"method {summary['method']} on N = {summary['n']}: {how}"]
+    for s in summary["subsets"]:
+        err = ""
+        if s["e_pt"] is not None:
+            err = f"  E_PT {s['e_pt']:.4g}  E_IFL {s['e_ifl']:.4g}"
+        lines.append(f"  ratio {s['ratio']:g}: k = {s['k']}, max weight {s['max_weight']:g}{err}  -> {s['file']}")
+    return "\n".join(lines) + "\n"

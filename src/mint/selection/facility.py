@@ -1,0 +1,184 @@
+"""Facility location `F(T) = sum_i max_{j in T} S(i, j)`, maximised greedily.
+
+The *function* (gains of candidates given the current coverage) is kept apart from the
+*optimiser* (naive or lazy greedy), after apricot. Conventions that make lazy greedy return
+exactly the naive order:
+
+- gains are accumulated in float64 by one function, `row_gains`, used by both optimisers;
+  each candidate's gain is a sum over its own contiguous row, so it does not depend on which
+  other candidates are evaluated with it;
+- exact ties go to the smaller index (naive: `argmax`; lazy: heap entries `(-gain, index)`);
+- stale gains are upper bounds: coverage only grows and float rounding is monotone, so a
+  re-evaluated gain is never larger than its stale value, even in floating point.
+
+Matrices are indexed `S[i, j]` = similarity of example i to candidate j. The greedy reads
+candidate j's column as a row, so it works on `C = S.T`; pass `symmetric=True` when S is
+symmetric (all matrices built by `mint.selection.distances` are) to skip that copy. Every index,
+element 0 included, is an ordinary candidate.
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+
+import numpy as np
+
+__all__ = [
+    "similarity_from_distance",
+    "row_gains",
+    "naive_greedy",
+    "lazy_greedy",
+    "prefix_weights",
+    "nearest_weights",
+    "facility_value",
+]
+
+logger = logging.getLogger(__name__)
+
+# Elements per float64 temporary when evaluating gains (32 MB): bounds the working set at any N.
+_CHUNK_ELEMS = 1 << 22
+
+
+def similarity_from_distance(D: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """`S = max(D) - D` over the whole matrix (so S >= 0 and S(i, i) = max(D)). In place when
+    `out is D`."""
+    top = D.max()
+    if out is None:
+        return top - D
+    np.subtract(top, D, out=out)
+    return out
+
+
+def row_gains(C: np.ndarray, rows: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """Gain of each candidate in `rows` given coverage `cur` ((N,), the dtype of C):
+    `sum_i max(C[j, i] - cur[i], 0)`, the terms in C's dtype, accumulated in float64.
+
+    Rounding of the subtraction is monotone, so a gain can only shrink as `cur` grows: stale
+    gains stay exact upper bounds, which lazy greedy needs."""
+    rows = np.asarray(rows, dtype=np.int64)
+    n = C.shape[1]
+    step = max(1, _CHUNK_ELEMS // max(n, 1))
+    out = np.empty(len(rows), dtype=np.float64)
+    for s in range(0, len(rows), step):
+        block = C[rows[s : s + step]]
+        # max(c, cur) - cur is bitwise max(c - cur, 0) (max is exact; a rounded difference of
+        # c > cur is never negative) and is a little faster than subtracting first
+        np.maximum(block, cur, out=block)
+        block -= cur
+        out[s : s + step] = block.sum(axis=1, dtype=np.float64)
+    return out
+
+
+def _candidate_major(S: np.ndarray, symmetric: bool) -> np.ndarray:
+    S = np.asarray(S)
+    if S.dtype.kind != "f":
+        S = S.astype(np.float64)
+    if S.ndim != 2 or S.shape[0] != S.shape[1]:
+        raise ValueError(f"similarity must be a square matrix, got shape {S.shape}")
+    return S if symmetric else np.ascontiguousarray(S.T)
+
+
+def naive_greedy(S: np.ndarray, k: int, *, symmetric: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Plain greedy, the reference: evaluate every remaining candidate at every step.
+    Returns (order int64 (k,), gains float64 (k,))."""
+    C = _candidate_major(S, symmetric)
+    n = C.shape[0]
+    k = int(min(k, n))
+    cur = np.zeros(n, dtype=C.dtype)
+    chosen = np.zeros(n, dtype=bool)
+    order = np.empty(k, dtype=np.int64)
+    gains = np.empty(k, dtype=np.float64)
+    everyone = np.arange(n)
+    for t in range(k):
+        g = row_gains(C, everyone, cur)
+        g[chosen] = -np.inf
+        j = int(np.argmax(g))  # first maximum: ties go to the smaller index
+        order[t], gains[t] = j, g[j]
+        chosen[j] = True
+        np.maximum(cur, C[j], out=cur)
+    return order, gains
+
+
+def _first_gains(C: np.ndarray, nonnegative: bool) -> np.ndarray:
+    """Gains with nothing selected. For S >= 0 every term max(c, 0) - 0 is c itself, so the
+    plain row sums are bitwise what `row_gains` returns, without its gather and two passes."""
+    n = C.shape[0]
+    if not nonnegative:
+        return row_gains(C, np.arange(n), np.zeros(n, dtype=C.dtype))
+    step = max(1, _CHUNK_ELEMS // max(n, 1))
+    return np.concatenate([C[s : s + step].sum(axis=1, dtype=np.float64) for s in range(0, n, step)])
+
+
+def lazy_greedy(
+    S: np.ndarray, k: int, *, symmetric: bool = False, nonnegative: bool = False, max_batch: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lazy greedy with the same result as `naive_greedy`, bit for bit.
+
+    A heap holds `(-upper_bound, index, step_evaluated)`. Each step pops candidates in rounds of
+    1, 2, 4, ... (up to `max_batch`), re-evaluates each round in one vectorised call, pushes
+    them back, and stops as soon as the heap's top was evaluated in this step: its gain is then
+    at least every other candidate's upper bound (ties to the smaller index by tuple order).
+    `nonnegative=True` promises S >= 0 (true of `max(D) - D`) and skips work in the first step."""
+    C = _candidate_major(S, symmetric)
+    n = C.shape[0]
+    k = int(min(k, n))
+    order = np.empty(k, dtype=np.int64)
+    gains = np.empty(k, dtype=np.float64)
+    if k == 0:
+        return order, gains
+    cur = np.zeros(n, dtype=C.dtype)
+    first = _first_gains(C, nonnegative)
+    heap = [(-g, j, 0) for j, g in enumerate(first.tolist())]
+    heapq.heapify(heap)
+    for t in range(k):
+        batch = 1
+        while heap[0][2] != t:
+            popped = []
+            while heap and len(popped) < batch and heap[0][2] != t:
+                popped.append(heapq.heappop(heap)[1])
+            fresh = row_gains(C, np.array(popped, dtype=np.int64), cur)
+            for j, g in zip(popped, fresh.tolist()):
+                heapq.heappush(heap, (-g, j, t))
+            batch = min(2 * batch, max_batch)
+        neg, j, _ = heapq.heappop(heap)
+        order[t], gains[t] = j, -neg
+        np.maximum(cur, C[j], out=cur)
+    return order, gains
+
+
+def prefix_weights(S: np.ndarray, order: np.ndarray, ks, *, symmetric: bool = False) -> dict[int, np.ndarray]:
+    """For each k in `ks`, the weight of each of `order[:k]`: how many of the N examples have it
+    as their most similar selected element (ties to the earlier-selected one), so the weights sum
+    to N. One pass over the order, O(max(ks) * N)."""
+    C = _candidate_major(S, symmetric)
+    n = C.shape[0]
+    ks = sorted(set(int(k) for k in ks))
+    out: dict[int, np.ndarray] = {}
+    if not ks:
+        return out
+    best = np.full(n, -np.inf, dtype=np.float64)
+    owner = np.zeros(n, dtype=np.int64)  # position in `order` of each example's nearest
+    want = iter(ks)
+    target = next(want)
+    for pos in range(max(ks)):
+        row = C[order[pos]]
+        better = row > best  # strict: an exact tie stays with the earlier-selected element
+        best[better] = row[better]
+        owner[better] = pos
+        while target == pos + 1:
+            out[target] = np.bincount(owner, minlength=target)[:target].astype(np.float64)
+            target = next(want, None)
+    return out
+
+
+def nearest_weights(S: np.ndarray, selected: np.ndarray) -> np.ndarray:
+    """Plain reference for `prefix_weights`: argmax over the selected columns of S."""
+    sub = np.asarray(S)[:, np.asarray(selected)]
+    owner = np.argmax(sub, axis=1)  # first maximum = earlier-selected element
+    return np.bincount(owner, minlength=len(selected)).astype(np.float64)
+
+
+def facility_value(S: np.ndarray, selected: np.ndarray) -> float:
+    """`F(T) = sum_i max_{j in T} S(i, j)` in float64."""
+    sub = np.asarray(S)[:, np.asarray(selected)]
+    return float(sub.max(axis=1).astype(np.float64).sum())

@@ -1,0 +1,269 @@
+"""End to end `compute_features` on the tiny model: store contents, resume after a kill,
+2-process torchrun, manifest checks, the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mint
+from mint.errors import MintError
+from mint.model.gradients import compute_features
+
+from conftest import REPO
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def sgd_warmup_dir(tiny_model_dir, tmp_path_factory):
+    """A warm-up folder holding only an adapter (enough for grad_type sgd/sign). Its B
+    matrices are random so that every LoRA weight has a non-zero gradient."""
+    from mint.model.modeling import LoraSettings, add_lora, load_model_and_tokenizer
+
+    torch.manual_seed(0)
+    model, _ = load_model_and_tokenizer(tiny_model_dir, device="cpu")
+    model = add_lora(model, LoraSettings(r=4, alpha=8))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    folder = tmp_path_factory.mktemp("warmup_sgd")
+    model.save_pretrained(folder / "adapter")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    from conftest import make_alpaca_records
+
+    path = tmp_path_factory.mktemp("gdata") / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in make_alpaca_records(14)))
+    return path
+
+
+def _run(tiny_model_dir, data_file, warmup, out, **kw):
+    opts = dict(proj_dim=[16, 64], grad_type="sgd", batch_size=3, max_length=64, seed=5, shard_size=4,
+                device="cpu", progress=False)
+    return compute_features(tiny_model_dir, data_file, warmup, out, **(opts | kw))
+
+
+def _cli_args(tiny_model_dir, data_file, warmup, out):
+    return ["grads", "--data", str(data_file), "--model", str(tiny_model_dir), "--warmup_dir", str(warmup),
+            "--output_dir", str(out), "--proj_dim", "16", "64", "--grad_type", "sgd", "--batch_size", "3",
+            "--max_length", "64", "--seed", "5", "--shard_size", "4", "--device", "cpu", "--no_progress"]
+
+
+def _feature_bytes(folder: Path) -> dict[str, bytes]:
+    files = sorted((folder / "features").glob("*.npy"))
+    assert len(files) == 12  # 3 kinds x 2 dims x raw/normalised
+    return {f.name: f.read_bytes() for f in files}
+
+
+@pytest.fixture(scope="module")
+def reference_store(tiny_model_dir, data_file, sgd_warmup_dir, tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("ref") / "features"
+    _run(tiny_model_dir, data_file, sgd_warmup_dir, out)
+    return out
+
+
+def test_store_contents_match_direct_gradients(reference_store, tiny_model_dir, data_file, sgd_warmup_dir, tmp_path):
+    feats = mint.load_features(reference_store, dim=64, normalized=False)
+    assert {k: v.shape for k, v in feats.items()} == {"sft": (14, 64), "pt": (14, 64), "ifl": (14, 64)}
+    np.testing.assert_array_equal(feats["ifl"], feats["sft"] - feats["pt"])
+    norm = mint.load_features(reference_store)  # the largest dim, normalised
+    np.testing.assert_allclose(np.linalg.norm(norm["ifl"], axis=1), 1.0, rtol=1e-5)
+    small = mint.load_features(reference_store, dim=16, normalized=False)
+    np.testing.assert_allclose(small["sft"], feats["sft"][:, :16] * np.sqrt(64 / 16), rtol=1e-4, atol=1e-6)
+    # raw (unprojected) features, projected here with the dense matrix, give the same rows
+    from mint.model.projection import dense_matrix
+
+    raw = _run(tiny_model_dir, data_file, sgd_warmup_dir, tmp_path / "raw", proj_dim=None, batch_size=14,
+               shard_size=14)
+    raw = mint.load_features(raw, normalized=False)
+    dense = dense_matrix(raw["sft"].shape[1], 64, seed=5).astype(np.float64)
+    np.testing.assert_allclose(raw["pt"] @ dense / 8.0, feats["pt"], rtol=1e-3, atol=1e-5)
+    manifest = mint.model.store.read_manifest(reference_store)
+    assert manifest["complete"] and manifest["settings"]["grad_type"] == "sgd" and manifest["n"] == 14
+
+
+def test_rerun_is_noop_and_other_settings_refused(reference_store, tiny_model_dir, data_file, sgd_warmup_dir):
+    before = _feature_bytes(reference_store)
+    _run(tiny_model_dir, data_file, sgd_warmup_dir, reference_store)
+    assert _feature_bytes(reference_store) == before
+    with pytest.raises(MintError, match="seed"):
+        _run(tiny_model_dir, data_file, sgd_warmup_dir, reference_store, seed=6)
+    fp = mint.model.store.read_manifest(reference_store)["settings"]["data_fingerprint"]
+    with pytest.raises(MintError, match="data_fingerprint"):
+        mint.load_features(reference_store, expect={"data_fingerprint": fp[::-1]})
+
+
+@pytest.fixture(scope="module")
+def adam_warmup_dir(tiny_model_dir, data_file, tmp_path_factory):
+    """A real warm-up (mint.model.warmup) whose saved betas/eps are then changed to non-default
+    values, so the test can tell whether the saved ones are used."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from mint.model.warmup import run_warmup
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("warm") / "warmup"
+    run_warmup(tiny_model_dir, data_file, out, sample_ratio=0.5, epochs=1, batch_size=4, lr=1e-2,
+               max_length=64, device="cpu", progress=False)
+    file = out / "optimizer.safetensors"
+    with safe_open(str(file), framework="pt") as f:
+        meta = f.metadata()
+    hyper = json.loads(meta["mint_adamw"]) | {"betas": [0.8, 0.95], "eps": 0.001}
+    save_file(load_file(str(file)), str(file), metadata=meta | {"mint_adamw": json.dumps(hyper)})
+    return out
+
+
+def test_adam_features_use_saved_state(adam_warmup_dir, tiny_model_dir, data_file, tmp_path):
+    from mint.model.modeling import lora_named_parameters, load_lora, load_model_and_tokenizer
+    from mint.model.warmup import load_warmup_state
+
+    adam = _run(tiny_model_dir, data_file, adam_warmup_dir, tmp_path / "adam", grad_type="adam", proj_dim=None)
+    sgd = _run(tiny_model_dir, data_file, adam_warmup_dir, tmp_path / "sgd", grad_type="sgd", proj_dim=None)
+    adam, sgd = mint.load_features(adam, normalized=False), mint.load_features(sgd, normalized=False)
+    state = load_warmup_state(adam_warmup_dir)
+    assert state["betas"] == (0.8, 0.95) and state["eps"] == 1e-3
+    model, _ = load_model_and_tokenizer(tiny_model_dir, device="cpu")
+    keys = [k for k, _ in lora_named_parameters(load_lora(model, state["adapter_dir"], trainable=True))]
+    m = torch.cat([state["exp_avg"][k].flatten() for k in keys]).double()
+    v = torch.cat([state["exp_avg_sq"][k].flatten() for k in keys]).double()
+    assert v.abs().sum() > 0
+    for kind in ("sft", "pt"):
+        g = torch.from_numpy(np.array(sgd[kind])).double()
+        m2, v2 = 0.8 * m + 0.2 * g, 0.95 * v + 0.05 * g * g
+        expected = m2 / (v2.sqrt() + 1e-3)
+        np.testing.assert_allclose(adam[kind], expected.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(adam["ifl"], adam["sft"] - adam["pt"])
+    assert mint.model.store.read_manifest(tmp_path / "adam")["settings"]["optimizer"]["betas"] == [0.8, 0.95]
+
+
+def test_adam_needs_optimizer_state(adam_warmup_dir, tiny_model_dir, data_file, sgd_warmup_dir, tmp_path,
+                                    monkeypatch):
+    import shutil
+
+    from mint.model import modeling
+
+    broken = tmp_path / "warm"
+    shutil.copytree(adam_warmup_dir, broken)
+    (broken / "optimizer.safetensors").unlink()
+    with monkeypatch.context() as m:  # the warm-up folder is refused before the model is loaded
+        m.setattr(modeling, "load_model_and_tokenizer", lambda *a, **k: pytest.fail("model loaded"))
+        with pytest.raises(MintError, match="no optimizer state"):
+            _run(tiny_model_dir, data_file, broken, tmp_path / "x", grad_type="adam")
+        with pytest.raises(MintError, match="not a finished warm-up"):
+            _run(tiny_model_dir, data_file, sgd_warmup_dir, tmp_path / "y", grad_type="adam")
+    with pytest.raises(MintError, match="no LoRA adapter"):
+        _run(tiny_model_dir, data_file, tmp_path, tmp_path / "z")
+    assert not (tmp_path / "x").exists()  # nothing written before the inputs are checked
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+    env.pop("MINT_TEST_CRASH_AFTER_SHARD", None)
+    return env
+
+
+@pytest.mark.slow
+def test_resume_after_kill_is_byte_identical(reference_store, tiny_model_dir, data_file, sgd_warmup_dir, tmp_path):
+    out = tmp_path / "features"
+    args = [sys.executable, "-m", "mint.cli"] + _cli_args(tiny_model_dir, data_file, sgd_warmup_dir, out)
+    crashed = subprocess.run(args, env=_env() | {"MINT_TEST_CRASH_AFTER_SHARD": "1"}, capture_output=True, text=True)
+    assert crashed.returncode == -9, crashed.stderr[-2000:]  # SIGKILL: no clean-up ran
+    done = sorted(p.name for p in (out / "shards").glob("*.done"))
+    assert done == ["shard_00000.done", "shard_00001.done"]
+    assert not mint.model.store.read_manifest(out)["complete"]
+    with pytest.raises(MintError, match="incomplete"):
+        mint.load_features(out)
+    finished = subprocess.run(args, env=_env(), capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "resuming, 2 of 4 shards already done" in finished.stderr
+    assert "mint grads: 14 examples" in finished.stdout
+    assert _feature_bytes(out) == _feature_bytes(reference_store)
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_equals_one_process(reference_store, tiny_model_dir, data_file, sgd_warmup_dir, tmp_path):
+    out = tmp_path / "features"
+    args = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "mint.cli"]
+    result = subprocess.run(args + _cli_args(tiny_model_dir, data_file, sgd_warmup_dir, out), env=_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert mint.model.store.read_manifest(out)["info"]["world_size"] == 2
+    assert _feature_bytes(out) == _feature_bytes(reference_store)
+
+
+def test_nan_gradient_names_record_and_keeps_store(tiny_model_dir, sgd_warmup_dir, tmp_path):
+    """A base model whose embedding of one token is NaN: only the record holding that token
+    gets NaN gradients. The run stops naming it; the shards before it stay complete."""
+    import shutil
+
+    from conftest import make_alpaca_records
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    records = make_alpaca_records(14)
+    records[9]["output"] = "the answer is ~"
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    bad_ids = tok("~", add_special_tokens=False)["input_ids"]
+    assert all(i not in tok(json.dumps(r), add_special_tokens=False)["input_ids"]
+               for k, r in enumerate(records) if k != 9 for i in bad_ids)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[bad_ids] = float("nan")
+    model.save_pretrained(model_dir)
+    out = tmp_path / "features"
+    with pytest.raises(MintError, match=r"record\(s\) \[9\]"):
+        _run(model_dir, data, sgd_warmup_dir, out)
+    assert not mint.model.store.read_manifest(out)["complete"]
+    assert sorted(p.name for p in (out / "shards").glob("*.done")) == ["shard_00000.done", "shard_00001.done"]
+    with pytest.raises(MintError, match="incomplete"):
+        mint.load_features(out)
+
+
+def test_cli_grads_and_bad_arguments(tiny_model_dir, data_file, sgd_warmup_dir, tmp_path, capsys):
+    from mint.cli import main
+
+    out = tmp_path / "features"
+    assert main(_cli_args(tiny_model_dir, data_file, sgd_warmup_dir, out)) == 0
+    printed = capsys.readouterr().out
+    assert "mint grads: 14 examples" in printed and "dims 16, 64" in printed
+    assert mint.load_features(out, dim=16)["ifl"].shape == (14, 16)
+    bad = _cli_args(tiny_model_dir, data_file, sgd_warmup_dir, tmp_path / "other")
+    bad[bad.index("--proj_dim") + 1] = "none"
+    assert main(bad) == 2  # 'none' mixed with numbers
+    assert "cannot be combined" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["grads", "--data", str(data_file), "--model", "m", "--warmup_dir", "w", "--output_dir", "o",
+              "--proj_dim", "abc"])
+    assert main(["grads", "--data", str(tmp_path / "missing.jsonl"), "--model", str(tiny_model_dir),
+                 "--warmup_dir", str(sgd_warmup_dir), "--output_dir", str(tmp_path / "o"), "--grad_type", "sgd"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_warnings_for_other_batch_size_and_other_warmup_data(adam_warmup_dir, tiny_model_dir, data_file, tmp_path,
+                                                             caplog):
+    from mint._io import atomic_write_json, read_json
+
+    out = tmp_path / "features"
+    _run(tiny_model_dir, data_file, adam_warmup_dir, out, proj_dim=16)
+    assert "trained on other data" not in caplog.text  # same data and rendering as the warm-up
+    manifest = read_json(out / "manifest.json")
+    atomic_write_json(out / "manifest.json", manifest | {"complete": False})  # as if interrupted
+    _run(tiny_model_dir, data_file, adam_warmup_dir, out, proj_dim=16, batch_size=5)
+    assert "with batch_size 5 (the finished shards used 3)" in caplog.text
+    _run(tiny_model_dir, data_file, adam_warmup_dir, tmp_path / "other", proj_dim=16, max_length=48)
+    assert "trained on other data or rendering settings" in caplog.text

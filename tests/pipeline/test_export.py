@@ -1,0 +1,123 @@
+"""Exports: the selected records round-trip, in their own schema and as chat messages."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from conftest import make_alpaca_records
+from mint.errors import MintError
+from mint.pipeline.export import export_subset, read_export, to_messages
+
+
+def test_export_subset_round_trips_original_schema(tmp_path):
+    records = make_alpaca_records(12)
+    before = copy.deepcopy(records)
+    indices = np.array([7, 0, 3], dtype=np.int64)
+    weights = np.array([5.0, 4.0, 3.0])
+    path = export_subset(records, indices, weights, tmp_path / "c.jsonl")
+    assert records == before  # the input is never modified
+    back, idx, w = read_export(path)
+    assert back == [records[i] for i in indices]
+    assert idx.tolist() == [7, 0, 3]
+    assert w.tolist() == [5.0, 4.0, 3.0]
+    # whole-number weights are written as integers, fields appended after the record's own
+    first = json.loads(path.read_text().splitlines()[0])
+    assert list(first)[-2:] == ["weight", "source_index"] and first["weight"] == 5
+
+
+def test_export_subset_messages_variant(tmp_path):
+    records = [
+        {"instruction": "add", "input": "1 2", "output": "3"},
+        {"prompt": "p", "completion": "c"},
+        {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                      {"role": "assistant", "content": "a"}], "task": "x"},
+    ]
+    path = export_subset(records, [0, 1, 2], [0.5, 1.5, 1.0], tmp_path / "m.jsonl", schema="messages")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows[0]["messages"] == [{"role": "user", "content": "add\n\n1 2"}, {"role": "assistant", "content": "3"}]
+    assert rows[1]["messages"][1] == {"role": "assistant", "content": "c"}
+    assert rows[2]["messages"] == records[2]["messages"]
+    assert [r["weight"] for r in rows] == [0.5, 1.5, 1.0]
+    assert to_messages(records[0])[0]["content"] == "add\n\n1 2"
+
+
+@pytest.mark.parametrize(
+    "indices, weights, match",
+    [([0, 12], None, "outside the data set"), ([1, 1], None, "duplicates"),
+     ([0, 1], [1.0], "1 weights for 2 indices"), ([0], [float("nan")], "finite")],
+)
+def test_export_subset_rejects_bad_coresets(tmp_path, indices, weights, match):
+    with pytest.raises(MintError, match=match):
+        export_subset(make_alpaca_records(12), indices, weights, tmp_path / "x.jsonl")
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_export_coreset_writes_every_ratio_and_trainer_configs(tmp_path):
+    import yaml
+
+    from mint._io import atomic_save_npz
+    from mint.pipeline.export import export_coreset
+
+    records = make_alpaca_records(20)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    sel = tmp_path / "select"
+    atomic_save_npz(sel / "coreset_0.10.npz", indices=np.array([4, 9]), weights=np.array([12, 8]))
+    atomic_save_npz(sel / "coreset_0.20.npz", indices=np.array([4, 9, 1, 17]), weights=np.array([6, 5, 5, 4]))
+    out = export_coreset(data, sel, tmp_path / "exp")
+    assert sorted(out) == [0.1, 0.2]
+    back, idx, w = read_export(out[0.2]["records"])
+    assert back == [records[i] for i in (4, 9, 1, 17)] and w.tolist() == [6, 5, 5, 4]
+    msgs, idx2, _ = read_export(out[0.2]["messages"])
+    assert idx2.tolist() == [4, 9, 1, 17] and msgs[0]["messages"] == to_messages(records[4])
+    info = json.loads((tmp_path / "exp" / "dataset_info.json").read_text())
+    assert info["mint_coreset_0.10"]["file_name"] == "coreset_0.10.messages.jsonl"
+    assert info["mint_coreset_0.10_alpaca"]["columns"]["prompt"] == "instruction"
+    for entry in info.values():
+        assert (tmp_path / "exp" / entry["file_name"]).is_file()
+    stanza = yaml.safe_load((tmp_path / "exp" / "axolotl_datasets.yaml").read_text())
+    assert [s["path"] for s in stanza["datasets"]] == [str(out[r]["messages"].resolve()) for r in (0.1, 0.2)]
+    assert "ignore the `weight` field" in (tmp_path / "exp" / "EXPORTS.md").read_text()
+
+    with pytest.raises(MintError, match="no coreset for ratio"):
+        export_coreset(data, sel, tmp_path / "exp2", ratios=[0.3])
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(json.dumps(r) + "\n" for r in records[:10]))
+    with pytest.raises(MintError, match="exceeds the dataset of 10 records"):
+        export_coreset(small, sel, tmp_path / "exp3")
+
+
+def test_export_coreset_refuses_a_selection_made_on_other_data(tmp_path):
+    from mint._io import atomic_save_npz, atomic_write_json, sha256_file
+    from mint.pipeline.export import export_coreset
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in make_alpaca_records(20)))
+    sel = tmp_path / "select"
+    atomic_save_npz(sel / "coreset_0.10.npz", indices=np.array([4, 9]), weights=np.array([12, 8]))
+    atomic_write_json(sel / "summary.json", {"n": 20, "data": {"sha256": sha256_file(data)}})
+    export_coreset(data, sel, tmp_path / "ok")
+    atomic_write_json(sel / "summary.json", {"n": 20, "data": {"sha256": "0" * 64}})
+    with pytest.raises(MintError, match="sha256 mismatch"):
+        export_coreset(data, sel, tmp_path / "bad")
+    atomic_write_json(sel / "summary.json", {"n": 21})
+    with pytest.raises(MintError, match="over 21 examples"):
+        export_coreset(data, sel, tmp_path / "bad")
+
+
+def test_mint_export_command(tmp_path, capsys):
+    from mint._io import atomic_save_npz
+    from mint.cli import main
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in make_alpaca_records(20)))
+    atomic_save_npz(tmp_path / "sel" / "coreset_0.10.npz", indices=np.array([3, 5]), weights=np.array([11, 9]))
+    assert main(["export", "--data", str(data), "--selection", str(tmp_path / "sel"),
+                 "--output_dir", str(tmp_path / "out")]) == 0
+    assert "ratio 0.10" in capsys.readouterr().out
+    assert read_export(tmp_path / "out" / "coreset_0.10.jsonl")[1].tolist() == [3, 5]
+    assert main(["export", "--data", str(data), "--selection", str(tmp_path / "missing")]) == 2
+    assert "selection folder not found" in capsys.readouterr().err

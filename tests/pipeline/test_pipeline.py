@@ -1,0 +1,161 @@
+"""`mint run` end to end on the tiny model: outputs, no work on a second call, only the affected
+steps redone after a config change, resume after an interrupt, refusal of a foreign run folder."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from conftest import make_alpaca_records
+from mint.cli import main
+from mint.pipeline.config import load_config
+from mint.errors import MintError
+from mint.pipeline import read_step, run_pipeline
+
+pytestmark = pytest.mark.slow
+
+ALL_STEPS = {"data", "warmup", "grads", "select", "export", "train_coreset", "train_random",
+             "eval/base", "eval/coreset", "eval/random"}
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture()
+def run_config(tmp_path, tiny_model_dir):
+    import torch
+
+    torch.set_num_threads(1)
+    records = make_alpaca_records(40)
+    train = _write(tmp_path / "train.jsonl", records[:32])
+    held_out = _write(tmp_path / "eval.jsonl", records[32:])
+    cfg = {
+        "output_dir": str(tmp_path / "run"), "seed": 0, "threads": 1,
+        "data": {"train": str(train), "eval": str(held_out), "max_length": 64},
+        "model": {"name": str(tiny_model_dir), "device": "cpu"},
+        "warmup": {"sample_ratio": 0.25, "epochs": 1, "lr": 1e-3},
+        "grads": {"proj_dim": 32},
+        "selection": {"ratios": [0.25, 0.5]},
+        "train": {"ratio": 0.25, "epochs": 1, "lr": 1e-3},
+        "eval": {"generate": True, "max_new_tokens": 4, "generate_limit": 4},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _ran(result):
+    return {name for name, info in result.steps.items() if info.ran}
+
+
+def test_mint_run_end_to_end_then_nothing_to_do_then_only_affected_steps(run_config, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["run", "--config", str(run_config)]) == 0
+    out = capsys.readouterr().out
+    assert "report:" in out and "coreset" in out
+    for rel in ("report.md", "summary.json", "config.yaml", "run.json", "select/coreset_0.25.npz",
+                "export/coreset_0.25.jsonl", "export/coreset_0.50.messages.jsonl", "export/dataset_info.json",
+                "train_coreset/adapter/adapter_config.json", "train_random/adapter/adapter_config.json",
+                "eval/base/metrics.json", "eval/coreset/metrics.json", "eval/random/metrics.json"):
+        assert (run_dir / rel).is_file(), rel
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["steps"]) == ALL_STEPS and all(s["ran"] for s in summary["steps"].values())
+    assert summary["k"] == 8 and set(summary["metrics"]) == {"base", "coreset", "random"}
+    report = (run_dir / "report.md").read_text()
+    assert "| MINT coreset |" in report and "| random subset (same size) |" in report and "Time per step" in report
+    # the exported coreset is the trained one, and its weights sum to N
+    exported = [json.loads(x) for x in (run_dir / "export/coreset_0.25.jsonl").read_text().splitlines()]
+    assert len(exported) == 8 and sum(r["weight"] for r in exported) == 32
+    # the saved config reproduces the run
+    assert load_config(run_dir / "config.yaml") == load_config(run_config)
+
+    # second invocation: nothing to do, and the adapter is untouched
+    adapter = run_dir / "train_coreset/adapter/adapter_model.safetensors"
+    mtime = adapter.stat().st_mtime_ns
+    cfg = load_config(run_config)
+    assert _ran(run_pipeline(cfg)) == set()
+    assert adapter.stat().st_mtime_ns == mtime
+
+    # one selection key: selection and what depends on it, not the warm-up, features or baselines
+    changed = load_config(run_config, {"selection.alpha": 0.5})
+    assert _ran(run_pipeline(changed)) == {"select", "export", "train_coreset", "eval/coreset"}
+    assert read_step(run_dir, "select")["inputs"]["selection"]["alpha"] == 0.5
+    # one evaluation key: only the evaluations
+    changed = load_config(run_config, {"selection.alpha": 0.5, "eval.max_new_tokens": 3})
+    assert _ran(run_pipeline(changed)) == {"eval/base", "eval/coreset", "eval/random"}
+    # one training key: the three trained models' steps, not the selection
+    changed = load_config(run_config, {"selection.alpha": 0.5, "eval.max_new_tokens": 3, "train.lr": 5e-4})
+    assert _ran(run_pipeline(changed)) == {"train_coreset", "train_random", "eval/coreset", "eval/random"}
+    # a new held-out file: only the evaluations (and the data step that records it)
+    other = _write(tmp_path / "eval2.jsonl", make_alpaca_records(40)[28:36])
+    changed = load_config(run_config, {"selection.alpha": 0.5, "eval.max_new_tokens": 3, "train.lr": 5e-4,
+                                       "data.eval": str(other)})
+    assert _ran(run_pipeline(changed)) == {"data", "eval/base", "eval/coreset", "eval/random"}
+
+
+def test_interrupted_run_resumes_where_it_stopped(run_config, tmp_path, monkeypatch):
+    import mint.model.train
+
+    real = mint.model.train.train_lora
+    calls = []
+
+    def interrupted(*args, **kwargs):  # Ctrl-C during the coreset training (the warm-up uses it too)
+        calls.append(args[2])
+        if str(args[2]).endswith("train_coreset"):
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mint.model.train, "train_lora", interrupted)
+    cfg = load_config(run_config)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg)
+    assert read_step(tmp_path / "run", "train_coreset")["status"] == "running"
+    assert read_step(tmp_path / "run", "select")["status"] == "done"
+    monkeypatch.setattr(mint.model.train, "train_lora", real)
+    result = run_pipeline(cfg)
+    assert _ran(result) == {"train_coreset", "train_random", "eval/base", "eval/coreset", "eval/random"}
+
+
+def test_refuses_a_folder_holding_a_different_run(run_config, tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    cfg = load_config(run_config, {"output_dir": str(foreign)})
+    with pytest.raises(MintError, match="not empty and was not made by `mint run`.*--overwrite"):
+        run_pipeline(cfg)
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({"identity": {"model": "other", "train_data": "x"}}))
+    with pytest.raises(MintError, match="holds a different run .differing: model, train_data"):
+        run_pipeline(load_config(run_config))
+    assert main(["run", "--config", str(run_config)]) == 2  # the CLI prints it as an error
+
+    # --overwrite writes into the foreign folder, replacing only mint's own folders
+    (foreign / "warmup").mkdir()
+    (foreign / "warmup" / "stale.txt").write_text("old")
+    cfg = load_config(run_config, {"output_dir": str(foreign), "data.eval": None, "train.random_baseline": False})
+    run_pipeline(cfg, overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "mine" and not (foreign / "warmup" / "stale.txt").exists()
+    assert (foreign / "train_coreset" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_evaluation_file_in_another_schema_is_refused_before_any_training(run_config, tmp_path):
+    chat = _write(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                          {"role": "assistant", "content": "hello"}]}])
+    cfg = load_config(run_config, {"data.eval": str(chat)})
+    with pytest.raises(MintError, match="chat.jsonl is in the chat schema but the training data .* is alpaca"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run" / "warmup").exists()
+
+
+def test_run_without_held_out_file_skips_evaluation(run_config, tmp_path):
+    cfg = load_config(run_config, {"data.eval": None, "train.random_baseline": False, "train.full_baseline": True})
+    result = run_pipeline(cfg)
+    assert set(result.steps) == {"data", "warmup", "grads", "select", "export", "train_coreset", "train_full"}
+    assert result.steps["train_full"].outputs["n_train"] == 32
+    assert result.metrics == {}
+    assert "evaluation skipped" in result.report.read_text()

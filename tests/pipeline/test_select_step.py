@@ -1,0 +1,158 @@
+"""`mint select` end to end on small synthetic features: outputs, byte-for-byte
+reproducibility, the feature store and plain .npy inputs, and refusing to mix runs."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from mint.cli import main
+from mint.pipeline.export import read_export
+
+N = 80
+
+
+def _features(seed=0, n=N, d=12):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i, kind in enumerate(("sft", "pt", "ifl")):
+        c = rng.normal(size=(3 + i, d))
+        out[kind] = (c[rng.integers(0, len(c), n)] + 0.6 * rng.normal(size=(n, d))).astype(np.float32)
+    return out
+
+
+@pytest.fixture
+def npy_dir(tmp_path):
+    folder = tmp_path / "feats"
+    folder.mkdir()
+    for kind, X in _features().items():
+        np.save(folder / f"{kind}.npy", X)  # not normalised: the loader normalises rows
+    return folder
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "pool.jsonl"
+    with open(path, "w") as f:
+        for i in range(N):
+            f.write(json.dumps({"instruction": f"task {i}", "input": "", "output": f"answer {i}"}) + "\n")
+    return path
+
+
+def _select(features, out, *extra):
+    return main(["select", "--features", str(features), "--output_dir", str(out), "--n_jobs", "1",
+                 "--no_progress", "--ratios", "0.05", "0.1", *map(str, extra)])
+
+
+def test_end_to_end_outputs(npy_dir, data_file, tmp_path):
+    out = tmp_path / "out"
+    assert _select(npy_dir, out, "--data", data_file) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"coreset_0.05.npz", "coreset_0.10.npz", "coreset_0.05.jsonl", "coreset_0.10.jsonl", "alpha_curve.csv",
+            "pareto.png", "plateau.png", "summary.json", "summary.txt", "selection.npz", "run.json"} <= names
+    small, big = np.load(out / "coreset_0.05.npz"), np.load(out / "coreset_0.10.npz")
+    assert set(small.files) == {"indices", "weights"}
+    np.testing.assert_array_equal(small["indices"], big["indices"][:4])
+    assert small["weights"].sum() == N and big["weights"].sum() == N
+    records, source, weights = read_export(out / "coreset_0.10.jsonl")
+    np.testing.assert_array_equal(source, big["indices"])
+    np.testing.assert_array_equal(weights, big["weights"])
+    assert records[0]["instruction"] == f"task {big['indices'][0]}"
+    rows = list(csv.DictReader(open(out / "alpha_curve.csv")))
+    assert len(rows) == 174 and sum(int(r["chosen"]) for r in rows) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == N and summary["method"] == "mint" and 0 < summary["alpha"] < 1
+    assert [s["k"] for s in summary["subsets"]] == [4, 8]
+    assert summary["subsets"][0]["e_pt"] > summary["subsets"][1]["e_pt"]
+    assert summary["data"]["records"] == N and set(summary["inputs"]["sha256"]) == {"sft", "pt", "ifl"}
+    assert "numpy" in summary["versions"] and "timings" in summary
+    assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_same_seed_same_bytes_and_rerun(npy_dir, data_file, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _select(npy_dir, a, "--data", data_file) == 0
+    assert _select(npy_dir, b, "--data", data_file) == 0
+    for p in a.iterdir():
+        if p.name == "summary.json":
+            sa, sb = (json.loads(x.read_text()) for x in (p, b / p.name))
+            sa.pop("timings"), sb.pop("timings")  # wall-clock times are the only difference
+            assert sa == sb
+        else:
+            assert p.read_bytes() == (b / p.name).read_bytes(), p.name
+    # the same run again into the same folder is fine (and gives the same bytes)
+    before = (a / "coreset_0.10.npz").read_bytes()
+    assert _select(npy_dir, a, "--data", data_file) == 0
+    assert (a / "coreset_0.10.npz").read_bytes() == before
+
+
+def test_refuses_to_mix_runs(npy_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _select(npy_dir, out) == 0
+    assert _select(npy_dir, out, "--seed", "1") == 2
+    assert "--overwrite" in capsys.readouterr().err
+    (out / "notes.txt").write_text("mine")
+    assert main(["select", "--features", str(npy_dir), "--output_dir", str(out), "--n_jobs", "1", "--no_progress",
+                 "--ratios", "0.2", "--alpha", "0.9", "--overwrite"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert "coreset_0.05.npz" not in names and "coreset_0.20.npz" in names
+    assert "alpha_curve.csv" not in names  # manual alpha: no curve, and the old one is gone
+    assert (out / "notes.txt").read_text() == "mine"  # files that are not ours stay
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--alpha", "0"], "strictly between 0 and 1"),
+        (["--coef", "0", "0", "0"], "all 0"),
+        (["--ratios", "1.5"], "outside (0, 1]"),
+    ],
+)
+def test_bad_options_are_errors(npy_dir, tmp_path, capsys, extra, message):
+    assert _select(npy_dir, tmp_path / "o", *extra) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_data_count_mismatch_and_missing_features(npy_dir, tmp_path, capsys):
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(json.dumps({"instruction": "x", "output": "y"}) + "\n" for _ in range(N - 1)))
+    assert _select(npy_dir, tmp_path / "o1", "--data", short) == 2
+    assert f"has {N - 1} records but the features" in capsys.readouterr().err
+    assert _select(tmp_path / "nowhere", tmp_path / "o2") == 2
+    assert "features folder not found" in capsys.readouterr().err
+    (npy_dir / "sft.npy").unlink()
+    assert _select(npy_dir, tmp_path / "o3", "--method", "craig") == 2
+    assert "needs feature kind(s) ['sft']" in capsys.readouterr().err
+
+
+def test_reads_the_gradient_feature_store(tmp_path):
+    from mint.model.store import FeatureStore
+
+    feats = _features(seed=2)
+    store = FeatureStore(tmp_path / "store", n=N, dims=[12], shard_size=32, settings={"seed": 0})
+    store.prepare()
+    for k in range(store.num_shards):
+        s, e = store.shard_range(k)
+        store.write_shard(k, {"sft_12": feats["sft"][s:e], "pt_12": feats["pt"][s:e]})
+    store.merge()
+    out = tmp_path / "out"
+    assert _select(tmp_path / "store", out, "--alpha", "0.5") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["inputs"]["source"] == "feature store" and summary["alpha"] == 0.5
+
+
+def test_data_must_be_the_file_the_store_was_made_from(tmp_path, data_file, capsys):
+    from mint._io import sha256_file
+    from mint.model.store import FeatureStore
+
+    feats = _features(seed=3)
+    for name, digest in (("good", sha256_file(data_file)), ("other", "0" * 64)):
+        store = FeatureStore(tmp_path / name, n=N, dims=[12], shard_size=N, settings={"data_sha256": digest})
+        store.prepare()
+        store.write_shard(0, {"sft_12": feats["sft"], "pt_12": feats["pt"]})
+        store.merge()
+    assert _select(tmp_path / "good", tmp_path / "o1", "--alpha", "0.5", "--data", data_file) == 0
+    assert _select(tmp_path / "other", tmp_path / "o2", "--alpha", "0.5", "--data", data_file) == 2
+    assert "not the file the features" in capsys.readouterr().err

@@ -1,0 +1,244 @@
+"""`select_coreset`: the issue-2 contract, a plain float64 reference of the whole MINT
+selection, the baselines, and every bad input."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from mint import SelectionResult, Subset, select_coreset
+from mint.selection.alpha import alpha_grid
+from mint.errors import MintError
+
+
+def make_features(n=60, d=8, seed=0, kinds=("sft", "pt", "ifl")):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i, kind in enumerate(kinds):
+        centers = rng.normal(size=(4 + i, d))
+        X = centers[rng.integers(0, len(centers), n)] + 0.5 * rng.normal(size=(n, d))
+        out[kind] = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    return out
+
+
+# --------------------------------------------------------------------------- plain reference
+
+
+def _dist(X):
+    X = np.asarray(X, dtype=np.float64)
+    return np.linalg.norm(X[:, None, :] - X[None, :, :], axis=2)
+
+
+def _greedy(S, k):
+    cur = np.zeros(len(S))
+    order = []
+    for _ in range(k):
+        g = np.maximum(S - cur[:, None], 0).sum(axis=0)
+        g[order] = -np.inf
+        order.append(int(np.argmax(g)))
+        cur = np.maximum(cur, S[:, order[-1]])
+    return order
+
+
+def _plateau(alphas, e_ifl):
+    diffs = [abs(e_ifl[i + 1] - e_ifl[i]) for i in range(len(e_ifl) - 1)]
+    med = np.median(diffs)
+    sigma = max(1.4826 * np.median([abs(x - med) for x in diffs]), 1e-8)
+    starts = [i + 1 for i in range(len(diffs) - 2) if max(diffs[i], diffs[i + 1], diffs[i + 2]) <= sigma]
+    high = [s for s in starts if alphas[s] >= 0.95]
+    return alphas[(high or starts or [len(alphas) - 1])[0]]
+
+
+def plain_mint(feats, ratios, preheat=0.3, seed=0):
+    n = len(feats["pt"])
+    n_pre = max(2, round(preheat * n))
+    pre = np.random.default_rng(seed).choice(n, n_pre, replace=False)
+    k_pre = max(1, round(max(ratios) * n_pre))
+    d_pt, d_ifl = _dist(feats["pt"][pre]), _dist(feats["ifl"][pre])
+    alphas = alpha_grid()
+    e_ifl = []
+    for a in alphas:
+        D = d_pt / a + d_ifl / (1 - a)
+        order = _greedy(D.max() - D, k_pre)
+        e_ifl.append(d_ifl[:, order].min(axis=1).sum())
+    a = _plateau(alphas, e_ifl)
+    D = _dist(feats["pt"]) / a + _dist(feats["ifl"]) / (1 - a)
+    S = D.max() - D
+    order = _greedy(S, max(1, round(max(ratios) * n)))
+    weights = {}
+    for r in ratios:
+        sel = order[: max(1, round(r * n))]
+        weights[r] = np.bincount(np.argmax(S[:, sel], axis=1), minlength=len(sel))
+    return a, np.array(order), weights
+
+
+def test_float64_matches_plain_reference():
+    feats = make_features(n=70, seed=3)
+    ratios = [0.05, 0.1, 0.2]
+    res = select_coreset(feats, ratios, dtype="float64", n_jobs=1, progress=False)
+    a, order, weights = plain_mint(feats, ratios)
+    assert res.alpha == a
+    np.testing.assert_array_equal(res.order, order)
+    for r in ratios:
+        np.testing.assert_array_equal(res.subsets[r].weights, weights[r])
+
+
+# --------------------------------------------------------------------------- contract
+
+
+def test_contract_fields_prefixes_and_weights():
+    feats = make_features()
+    res = select_coreset(feats, ratios=[0.15, 0.05, 0.1], n_jobs=1, progress=False)
+    assert isinstance(res, SelectionResult)
+    assert 0 < res.alpha < 1 and res.alpha in alpha_grid()
+    assert res.order.dtype == np.int64 and res.gains.dtype == np.float64
+    assert len(res.order) == len(res.gains) == 9  # round(0.15 * 60)
+    assert np.all(np.diff(res.gains) <= 0)
+    assert len(set(res.order.tolist())) == len(res.order)
+    assert len(res.curve) == 174 and set(["alpha", "e_pt", "e_ifl"]) <= {"alpha", "e_pt", "e_ifl"}
+    assert res.curve["alpha"][0] == 0.1 and res.curve.chosen == res.alpha
+    for r, k in [(0.05, 3), (0.1, 6), (0.15, 9)]:
+        sub = res.subsets[r]
+        assert isinstance(sub, Subset)
+        np.testing.assert_array_equal(sub.indices, res.order[:k])  # prefix of the one greedy order
+        assert sub.weights.sum() == 60 and np.all(sub.weights >= 0)
+        assert sub.e_pt > 0 and sub.e_ifl > 0
+    assert res.subsets[0.05].e_pt >= res.subsets[0.15].e_pt  # more elements, smaller error
+    with pytest.raises(Exception):
+        res.order[0] = 1  # results are read-only
+
+
+def test_same_seed_same_result_and_parallel_scan():
+    feats = make_features(seed=1)
+    a = select_coreset(feats, [0.1], n_jobs=1, progress=False)
+    b = select_coreset(feats, [0.1], n_jobs=2, progress=False)
+    assert a.alpha == b.alpha
+    assert a.order.tobytes() == b.order.tobytes() and a.gains.tobytes() == b.gains.tobytes()
+    assert a.curve.e_ifl.tobytes() == b.curve.e_ifl.tobytes()
+
+
+def test_sft_key_may_be_absent_and_manual_alpha():
+    feats = make_features(kinds=("pt", "ifl"))
+    res = select_coreset(feats, [0.1], alpha=0.9, progress=False)
+    assert res.alpha == 0.9 and res.curve is None and res.alpha_method is None
+
+
+@pytest.mark.parametrize("alpha_method", ["plateau_scaled", "golden"])
+def test_other_alpha_methods(alpha_method):
+    res = select_coreset(make_features(), [0.1], alpha_method=alpha_method, n_jobs=1, progress=False)
+    assert res.curve.method == alpha_method and 0 < res.alpha < 1
+    if alpha_method == "golden":
+        total = res.curve.e_pt + res.curve.e_ifl
+        assert total[res.curve.alpha == res.alpha][0] == total.min()
+
+
+def test_baselines():
+    feats = make_features()
+    craig = select_coreset({"sft": feats["sft"]}, [0.1], method="craig", progress=False)
+    assert craig.alpha is None and craig.curve is None and craig.subsets[0.1].e_pt is None
+    ifl = select_coreset(feats, [0.1], method="ifl", progress=False)
+    via_coef = select_coreset(feats, [0.1], coef=(0, 0, 1), progress=False)
+    np.testing.assert_array_equal(ifl.order, via_coef.order)
+    assert via_coef.coef == (0.0, 0.0, 1.0) and via_coef.alpha is None
+    pt = select_coreset(feats, [0.1], method="pt", progress=False)
+    assert pt.subsets[0.1].e_pt <= select_coreset(feats, [0.1], method="random", progress=False).subsets[0.1].e_pt
+    r1 = select_coreset(feats, [0.05, 0.1], method="random", seed=4, progress=False)
+    r2 = select_coreset(feats, [0.05, 0.1], method="random", seed=4, progress=False)
+    np.testing.assert_array_equal(r1.order, r2.order)
+    np.testing.assert_array_equal(r1.subsets[0.05].indices, r1.order[:3])
+    assert r1.subsets[0.1].weights.sum() == pytest.approx(60)
+
+
+def test_duplicate_and_identical_rows_terminate():
+    feats = make_features(n=20)
+    same = {k: np.repeat(v[:1], 20, axis=0) for k, v in feats.items()}
+    res = select_coreset(same, [0.5], n_jobs=1, progress=False)
+    assert res.subsets[0.5].weights.tolist() == [20] + [0] * 9
+    dup = {k: v.copy() for k, v in feats.items()}
+    for v in dup.values():
+        v[5:10] = v[0]
+    res = select_coreset(dup, [0.5], n_jobs=1, progress=False)
+    assert res.subsets[0.5].weights.sum() == 20
+
+
+def test_ratio_selecting_everything_warns_and_gives_unit_weights():
+    feats = make_features(n=10)
+    with pytest.warns(UserWarning, match="selects all 10"):
+        res = select_coreset(feats, [1.0, 0.5], n_jobs=1, progress=False)
+    assert sorted(res.subsets[1.0].indices.tolist()) == list(range(10))
+    assert res.subsets[1.0].weights.tolist() == [1.0] * 10
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(ratios=[0.0]), r"ratio 0.0 is outside \(0, 1\]"),
+        (dict(ratios=[1.5]), r"outside \(0, 1\]"),
+        (dict(ratios=[float("nan")]), "outside"),
+        (dict(ratios=[]), "no ratios"),
+        (dict(alpha=0), "strictly between 0 and 1"),
+        (dict(alpha=1.0), "strictly between 0 and 1"),
+        (dict(alpha=-0.2), "strictly between 0 and 1"),
+        (dict(coef=(1, -1, 0)), ">= 0"),
+        (dict(coef=(0, 0, 0)), "all 0"),
+        (dict(coef=(1, 2)), "three numbers"),
+        (dict(alpha=0.5, coef=(1, 1, 1)), "either alpha or coef"),
+        (dict(method="craig", alpha=0.5), "only to method 'mint'"),
+        (dict(method="less"), "unknown method"),
+        (dict(alpha_method="grid"), "unknown alpha_method"),
+        (dict(preheat_ratio=0), "preheat_ratio"),
+        (dict(dtype="float16"), "float32 or float64"),
+    ],
+)
+def test_bad_settings(kwargs, match):
+    kwargs.setdefault("ratios", [0.1])
+    with pytest.raises(MintError, match=match):
+        select_coreset(make_features(n=20), progress=False, **kwargs)
+
+
+def test_bad_features():
+    feats = make_features(n=20)
+    with pytest.raises(MintError, match="different numbers of rows"):
+        select_coreset({**feats, "pt": feats["pt"][:19]}, [0.1])
+    bad = feats["ifl"].copy()
+    bad[[3, 17]] = np.nan
+    bad[5, 2] = np.inf
+    with pytest.raises(MintError, match=r"3 row\(s\) with NaN or inf values \(rows 3, 5, 17\)"):
+        select_coreset({**feats, "ifl": bad}, [0.1])
+    with pytest.raises(MintError, match="at least 2 examples"):
+        select_coreset({k: v[:1] for k, v in feats.items()}, [0.5])
+    with pytest.raises(MintError, match=r"needs feature kind\(s\) \['sft'\]"):
+        select_coreset({"pt": feats["pt"], "ifl": feats["ifl"]}, [0.1], method="craig")
+    with pytest.raises(MintError, match=r"\['ifl'\]"):
+        select_coreset({"sft": feats["sft"], "pt": feats["pt"]}, [0.1])
+    with pytest.raises(MintError, match="2-D"):
+        select_coreset({"pt": feats["pt"][0], "ifl": feats["ifl"]}, [0.1])
+    with pytest.raises(MintError, match="unknown feature kind"):
+        select_coreset({**feats, "grad": feats["pt"]}, [0.1])
+
+
+def test_memory_estimate_refuses_with_the_helpful_option():
+    feats = make_features(n=20)
+    with pytest.raises(MintError, match=r"dtype float32.*--max_memory_gb"):
+        select_coreset(feats, [0.1], dtype="float64", max_memory_gb=1e-6, progress=False)
+    with pytest.raises(MintError, match="--max_memory_gb"):
+        select_coreset(feats, [0.1], max_memory_gb=1e-6, progress=False)
+
+
+@pytest.mark.parametrize("block", [16, 2048])
+def test_cached_and_blockwise_distances_select_the_same(block):
+    feats = make_features(n=50, seed=6)
+    kw = dict(n_jobs=1, progress=False, block=block)
+    a = select_coreset(feats, [0.1, 0.2], cache_distances=True, **kw)
+    b = select_coreset(feats, [0.1, 0.2], cache_distances=False, **kw)
+    assert a.settings["distance_strategy"] == "cached" and b.settings["distance_strategy"] == "blockwise"
+    assert a.alpha == b.alpha
+    assert a.order.tobytes() == b.order.tobytes() and a.gains.tobytes() == b.gains.tobytes()
+    for r in (0.1, 0.2):
+        np.testing.assert_array_equal(a.subsets[r].weights, b.subsets[r].weights)
+        assert a.subsets[r].e_pt == pytest.approx(b.subsets[r].e_pt, rel=1e-5)
+        assert a.subsets[r].e_ifl == pytest.approx(b.subsets[r].e_ifl, rel=1e-5)
