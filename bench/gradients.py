@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     import torch
 
     from mint.model.data import collate, collate_ids, load_examples, tokenize_examples
-    from mint.model.gradients import LoraGradCollector, Preconditioner, _adam_state, shard_features
+    from mint.model.features import _adam_state
+    from mint.model.gradients import LoraGradCollector, Preconditioner, shard_features
     from mint.model.modeling import (lora_named_parameters, load_lora, load_model_and_tokenizer,
                                response_token_losses)
     from mint.model.projection import make_projector

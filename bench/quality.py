@@ -163,12 +163,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-    import numpy as np
     import torch
 
     from mint._io import atomic_write_json, atomic_write_text
     from mint.model.evaluate import evaluate
-    from mint.model.gradients import compute_features
+    from mint.model.features import compute_features
     from mint.model.modeling import LoraSettings, load_model_and_tokenizer
     from mint.model.store import load_features
     from mint.model.train import read_train_manifest, train_lora
@@ -231,13 +230,13 @@ def main(argv=None) -> int:
     loaded = load_model_and_tokenizer(MODEL, device="cpu")
 
     def cached_eval(folder: Path, adapter: Path | None) -> dict:
-        from mint.model.evaluate import _adapter_hash  # the hash metrics.json records
+        from mint.model.modeling import adapter_sha256  # the hash metrics.json records
 
         f = folder / "metrics.json"
         if f.is_file():
             m = json.loads(f.read_text())
             prov = m.get("provenance", {})
-            if (prov.get("adapter_sha256") == (_adapter_hash(adapter) if adapter else None)
+            if (prov.get("adapter_sha256") == (adapter_sha256(adapter, missing_ok=True) if adapter else None)
                     and prov.get("settings", {}).get("max_length") == args.max_length
                     and Path(prov.get("data", "")) == dev_path):
                 return m

@@ -1,10 +1,11 @@
-"""Benchmark of the MINT selection engine (issue 2). Not a test: it prints numbers.
+"""Benchmark of the MINT selection engine (docs/design.md section 3). Not a test: it prints numbers.
 
 Synthetic clustered features: a Gaussian mixture per kind (fixed seed, separate cluster
 labels for PT and IFL), rows L2-normalised. For one (N, D) it times `select_coreset` with
 automatic alpha (plateau, ratios 0.05/0.1/0.15, preheat 0.3, both cores), the bare PT + IFL
-distance computation (the floor), and reports peak memory. `--exactness` instead compares
-the engine with a straightforward dense float64 implementation.
+distance computation (the floor), and reports peak memory and the stage times the engine logs.
+`--exactness` instead compares the engine with a straightforward dense float64 implementation.
+As `mint select` does, the memory available now is passed as the engine's memory limit.
 
     .venv/bin/python bench/selection.py --n 8000 --d 8192
     .venv/bin/python bench/selection.py --n 8000 --d 1024
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -77,6 +79,33 @@ def _rss_now_gib() -> float:
     return float("nan")
 
 
+def _available_bytes() -> int | None:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+class _StageTimes(logging.Handler):
+    """Collects the stage times `mint.selection.core` logs (records with `stage` and `seconds`)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.seconds: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if hasattr(record, "stage"):
+            self.seconds[f"{record.stage}_s"] = record.seconds
+
+    def __enter__(self):
+        logging.getLogger("mint.selection.core").addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger("mint.selection.core").removeHandler(self)
+
+
 def run_one_alpha(n: int, d: int, seed: int, alpha: float) -> dict:
     """The cost of one point of the alpha scan at this N: the pre-sample greedy for one alpha
     (the scan runs 174 of them, spread over the cores)."""
@@ -108,7 +137,9 @@ def run_timing(n: int, d: int, seed: int, n_jobs: int | None, skip_floor: bool, 
     _rss_reset()
     cpu0 = _cpu_s()
     t = time.perf_counter()
-    res = select_coreset(feats, RATIOS, alpha=alpha, seed=seed, n_jobs=n_jobs, progress=False)
+    with _StageTimes() as stages:
+        res = select_coreset(feats, ratios=RATIOS, alpha=alpha, seed=seed, n_jobs=n_jobs, progress=False,
+                             memory_limit_bytes=_available_bytes())
     out["select_s"] = round(time.perf_counter() - t, 2)
     # CPU seconds of this process and its scan workers: less sensitive than wall time to other
     # jobs on a shared machine (wall ~ cpu / 2 when both cores are ours)
@@ -116,7 +147,7 @@ def run_timing(n: int, d: int, seed: int, n_jobs: int | None, skip_floor: bool, 
     out["select_peak_rss_gib"] = round(_rss_peak_gib(), 2)
     out["features_rss_gib"] = round(base, 2)
     out["alpha"] = res.alpha
-    out["stages_s"] = {k: round(v, 2) for k, v in res.timings.items()}
+    out["stages_s"] = {k: round(v, 2) for k, v in stages.seconds.items()}
     if not skip_floor:
         _rss_reset()
         cpu0 = _cpu_s()
@@ -191,7 +222,8 @@ def run_exactness(n: int, d: int, seed: int, n_jobs: int | None) -> dict:
     out = {"n": n, "d": d, "seed": seed, "reference_s": round(ref_s, 1), "alpha_reference": a_ref}
     for dtype in ("float64", "float32"):
         t = time.perf_counter()
-        res = select_coreset(feats, RATIOS, seed=seed, dtype=dtype, n_jobs=n_jobs, progress=False)
+        res = select_coreset(feats, ratios=RATIOS, seed=seed, dtype=dtype, n_jobs=n_jobs, progress=False,
+                             memory_limit_bytes=_available_bytes())
         row = {"select_s": round(time.perf_counter() - t, 2), "alpha": res.alpha, "same_alpha": res.alpha == a_ref}
         agree = np.asarray(res.order) == order_ref[: len(res.order)]
         row["same_order"] = bool(agree.all())
@@ -220,8 +252,6 @@ def main(argv=None) -> int:
     p.add_argument("--alpha", type=float, default=None, help="manual alpha: time only the full-N stage")
     p.add_argument("--one_alpha", type=float, default=None, help="time one point of the pre-sample scan")
     args = p.parse_args(argv)
-    import logging
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.exactness:
         result = run_exactness(args.n, args.d, args.seed, args.n_jobs)

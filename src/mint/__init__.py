@@ -13,7 +13,7 @@ _LAZY = {
     "SelectionResult": "mint.selection",
     "Subset": "mint.selection",
     "load_features": "mint.model.store",
-    "compute_features": "mint.model.gradients",
+    "compute_features": "mint.model.features",
     "run_warmup": "mint.model.warmup",
     "train_lora": "mint.model.train",
     "evaluate": "mint.model.evaluate",

@@ -15,7 +15,7 @@ from typing import Iterable
 from mint._io import atomic_write_bytes
 from mint.errors import MintError
 
-__all__ = ["read_records", "write_jsonl", "check_subset"]
+__all__ = ["read_records", "write_jsonl", "check_subset", "detect_schema", "record_schema", "SCHEMA_HINT"]
 
 
 def _read_text(path: Path) -> str:
@@ -68,6 +68,34 @@ def read_records(path: str | os.PathLike) -> list[dict]:
         if not isinstance(rec, dict):
             raise MintError(f"{loc}: expected a JSON object, found {type(rec).__name__}")
     return records
+
+
+SCHEMA_HINT = "expected 'instruction'/'input'/'output' (Alpaca), 'messages' (chat) or 'prompt'/'completion'"
+
+
+def detect_schema(record: dict) -> str | None:
+    """The schema a record's keys point to ('alpaca', 'chat', 'prompt_completion'), or None.
+
+    The one rule for every reader and writer (`mint.model.data`, `mint.pipeline.export`). It
+    looks at keys only; whether the record then carries every key of its schema is checked by
+    whoever reads the values, so the error can name the missing key."""
+    if "messages" in record:
+        return "chat"
+    if "instruction" in record or ("output" in record and "prompt" not in record):
+        return "alpaca"
+    if "prompt" in record or "completion" in record:
+        return "prompt_completion"
+    return None
+
+
+def record_schema(record: dict, where: str = "record") -> str:
+    """`detect_schema`, or a MintError naming `where` (a file and line) and the keys found."""
+    if not isinstance(record, dict):
+        raise MintError(f"{where}: expected a JSON object, found {type(record).__name__}")
+    schema = detect_schema(record)
+    if schema is None:
+        raise MintError(f"{where}: none of the three schemas fits the keys {sorted(record)}; {SCHEMA_HINT}")
+    return schema
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:

@@ -43,7 +43,7 @@ def test_train_refuses_foreign_coreset(tiny_model_dir, alpaca_file, tmp_path, ca
     if case == "n":
         (sel / "summary.json").write_text(json.dumps({"n": 50}))
     if case == "sha":
-        (sel / "summary.json").write_text(json.dumps({"n": 24, "data": {"data_sha256": "0" * 64}}))
+        (sel / "summary.json").write_text(json.dumps({"n": 24, "data": {"sha256": "0" * 64}}))
     rc = main(["train", "--model", str(tiny_model_dir), "--data", str(alpaca_file), "--output_dir",
                str(tmp_path / "c"), "--coreset", str(sel / "coreset_0.10.npz"), *FAST])
     err = capsys.readouterr().err

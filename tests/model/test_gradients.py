@@ -39,7 +39,7 @@ def lora_setup(tmp_path_factory):
 
 
 def _loop_grads(model, tokenized, view, ids):
-    """Reference: one example at a time, ordinary backward(), gradients read from mint.grad."""
+    """Reference: one example at a time, ordinary backward(), gradients read from each parameter's .grad."""
     from mint.model.data import collate
     from mint.model.modeling import response_token_losses
 

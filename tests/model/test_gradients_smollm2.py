@@ -32,7 +32,7 @@ def smollm2_setup(shared_data, tmp_path_factory):
 
 
 def test_smollm2_features(smollm2_setup):
-    from mint.model.gradients import compute_features
+    from mint.model.features import compute_features
 
     data, warm, folder = smollm2_setup
     out = compute_features("smollm2-135m-instruct", data, warm, folder / "features", proj_dim=[128, 512],

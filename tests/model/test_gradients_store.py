@@ -1,5 +1,5 @@
-"""End to end `compute_features` on the tiny model: store contents, resume after a kill,
-2-process torchrun, manifest checks, the CLI."""
+"""End to end `mint.model.features.compute_features` on the tiny model: store contents, resume
+after a kill, 2-process torchrun, manifest checks, the model dtype, the CLI."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ import torch
 
 import mint
 from mint.errors import MintError
-from mint.model.gradients import compute_features
+from mint.model.features import compute_features
 
 from conftest import REPO
 VENV_BIN = Path(sys.executable).parent
@@ -169,23 +169,46 @@ def test_adam_needs_optimizer_state(adam_warmup_dir, tiny_model_dir, data_file, 
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
-    env.pop("MINT_TEST_CRASH_AFTER_SHARD", None)
-    return env
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+
+
+# `mint grads` (arguments from the command line) in a process that SIGKILLs itself right after
+# shard {k} is written: no clean-up runs, as when a job is killed.
+_KILLED_AFTER_SHARD = """
+import os, signal, sys
+
+from mint.model.store import FeatureStore
+
+write_shard = FeatureStore.write_shard
+
+
+def write_then_die(self, k, rows):
+    write_shard(self, k, rows)
+    if k == {k}:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+FeatureStore.write_shard = write_then_die
+from mint.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 @pytest.mark.slow
 def test_resume_after_kill_is_byte_identical(reference_store, tiny_model_dir, data_file, sgd_warmup_dir, tmp_path):
     out = tmp_path / "features"
-    args = [sys.executable, "-m", "mint.cli"] + _cli_args(tiny_model_dir, data_file, sgd_warmup_dir, out)
-    crashed = subprocess.run(args, env=_env() | {"MINT_TEST_CRASH_AFTER_SHARD": "1"}, capture_output=True, text=True)
+    cli_args = _cli_args(tiny_model_dir, data_file, sgd_warmup_dir, out)
+    killed = [sys.executable, "-c", _KILLED_AFTER_SHARD.format(k=1)] + cli_args
+    crashed = subprocess.run(killed, env=_env(), capture_output=True, text=True)
     assert crashed.returncode == -9, crashed.stderr[-2000:]  # SIGKILL: no clean-up ran
     done = sorted(p.name for p in (out / "shards").glob("*.done"))
     assert done == ["shard_00000.done", "shard_00001.done"]
     assert not mint.model.store.read_manifest(out)["complete"]
     with pytest.raises(MintError, match="incomplete"):
         mint.load_features(out)
-    finished = subprocess.run(args, env=_env(), capture_output=True, text=True)
+    finished = subprocess.run([sys.executable, "-m", "mint.cli"] + cli_args, env=_env(), capture_output=True,
+                              text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert "resuming, 2 of 4 shards already done" in finished.stderr
     assert "mint grads: 14 examples" in finished.stdout
@@ -267,3 +290,17 @@ def test_warnings_for_other_batch_size_and_other_warmup_data(adam_warmup_dir, ti
     assert "with batch_size 5 (the finished shards used 3)" in caplog.text
     _run(tiny_model_dir, data_file, adam_warmup_dir, tmp_path / "other", proj_dim=16, max_length=48)
     assert "trained on other data or rendering settings" in caplog.text
+
+
+def test_dtype_is_passed_to_the_model_and_recorded(reference_store, tiny_model_dir, data_file, sgd_warmup_dir,
+                                                   tmp_path):
+    """`dtype` reaches the model loader; the store records the loaded precision (float32, the
+    default on CPU, for the reference store)."""
+    assert mint.model.store.read_manifest(reference_store)["settings"]["model_dtype"] == "float32"
+    out = _run(tiny_model_dir, data_file, sgd_warmup_dir, tmp_path / "bf16", proj_dim=16, dtype="bfloat16")
+    manifest = mint.model.store.read_manifest(out)
+    assert manifest["settings"]["model_dtype"] == "bfloat16" and manifest["info"]["dtype"] == "bfloat16"
+    feats = mint.load_features(out, normalized=False)
+    assert feats["sft"].shape == (14, 16) and np.isfinite(feats["sft"]).all()
+    with pytest.raises(MintError, match="model_dtype"):  # a float32 run refuses the bfloat16 store
+        _run(tiny_model_dir, data_file, sgd_warmup_dir, out, proj_dim=16)

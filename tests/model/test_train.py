@@ -11,7 +11,7 @@ from conftest import make_alpaca_records
 from mint.model.data import collate, collate_ids, load_examples, tokenize_examples
 from mint.errors import MintError
 from mint.model.modeling import LoraSettings, add_lora, load_model_and_tokenizer, lora_named_parameters, response_token_losses
-from mint.model.train import accumulate_step, load_coreset, loss_coefficients, read_train_manifest, train_lora
+from mint.model.train import accumulate_step, loss_coefficients, read_train_manifest, train_lora
 
 LORA = LoraSettings(r=2, alpha=4, dropout=0.0)
 FAST = dict(epochs=1, lr=1e-3, batch_size=4, lora=LORA, max_length=64, device="cpu", progress=False)
@@ -202,10 +202,29 @@ def test_bad_training_input(tiny_model_dir, alpaca_file, tmp_path, kwargs, patte
         train_lora(tiny_model_dir, alpaca_file, tmp_path / "run", **{**FAST, **kwargs})
 
 
-def test_load_coreset(tmp_path):
+def test_training_leaves_the_callers_rng_alone(tiny_model_dir, alpaca_file, tmp_path):
+    """train_lora seeds torch inside the call only: the caller's generator state is unchanged
+    after it, and does not change the result (LoRA init and dropout come from `seed`)."""
+    opts = {**FAST, "lora": LoraSettings(r=2, alpha=4, dropout=0.1)}
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = train_lora(tiny_model_dir, alpaca_file, tmp_path / "a", **opts)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.manual_seed(456)
+    torch.rand(3)
+    b = train_lora(tiny_model_dir, alpaca_file, tmp_path / "b", **opts)
+    for name in ("adapter/adapter_model.safetensors", "optimizer.safetensors"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_legacy_coreset_file(tmp_path):
+    """A coreset file of the older layout (`n_records`) as `mint train --coreset` now reads it:
+    through `mint.pipeline.coresets.load_coreset` (load_coreset left mint.model.train)."""
+    from mint.pipeline.coresets import load_coreset
+
     np.savez(tmp_path / "c.npz", indices=np.array([3, 1]), weights=np.array([2.0, 1.0]), n_records=np.array(10))
     c = load_coreset(tmp_path / "c.npz")
-    assert c["indices"].tolist() == [3, 1] and c["n_records"] == 10
+    assert c.indices.tolist() == [3, 1] and c.weights.tolist() == [2.0, 1.0] and c.n == 10 and c.data_sha256 is None
     np.savez(tmp_path / "bad.npz", weights=np.array([1.0]))
     with pytest.raises(MintError, match="no 'indices'"):
         load_coreset(tmp_path / "bad.npz")

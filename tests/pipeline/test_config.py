@@ -76,7 +76,6 @@ def test_every_key_has_help():
 
 
 def test_readme_documents_every_key():
-    from pathlib import Path
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     missing = [key for key, *_ in iter_fields() if f"`{key}`" not in readme]

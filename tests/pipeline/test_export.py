@@ -55,6 +55,21 @@ def test_export_subset_rejects_bad_coresets(tmp_path, indices, weights, match):
     assert not (tmp_path / "x.jsonl").exists()
 
 
+def _selection(folder, coresets: dict, *, n: int | None, data_sha256: str = "", listed=None):
+    """A selection folder as `mint select` writes it: coreset files and the summary listing them."""
+    from mint._io import atomic_write_json
+    from mint.pipeline.coresets import coreset_file, save_coreset
+
+    for ratio, (idx, w) in coresets.items():
+        save_coreset(folder / coreset_file(ratio), np.array(idx), np.array(w, dtype=float), n=n or 0,
+                     data_sha256=data_sha256)
+    summary = {"subsets": [{"ratio": r, "file": coreset_file(r)} for r in (listed or coresets)]}
+    if n is not None:
+        summary["n"] = n
+    atomic_write_json(folder / "summary.json", summary)
+    return folder
+
+
 def test_export_coreset_writes_every_ratio_and_trainer_configs(tmp_path):
     import yaml
 
@@ -64,9 +79,7 @@ def test_export_coreset_writes_every_ratio_and_trainer_configs(tmp_path):
     records = make_alpaca_records(20)
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
-    sel = tmp_path / "select"
-    atomic_save_npz(sel / "coreset_0.10.npz", indices=np.array([4, 9]), weights=np.array([12, 8]))
-    atomic_save_npz(sel / "coreset_0.20.npz", indices=np.array([4, 9, 1, 17]), weights=np.array([6, 5, 5, 4]))
+    sel = _selection(tmp_path / "select", {0.1: ([4, 9], [12, 8]), 0.2: ([4, 9, 1, 17], [6, 5, 5, 4])}, n=20)
     out = export_coreset(data, sel, tmp_path / "exp")
     assert sorted(out) == [0.1, 0.2]
     back, idx, w = read_export(out[0.2]["records"])
@@ -86,35 +99,45 @@ def test_export_coreset_writes_every_ratio_and_trainer_configs(tmp_path):
         export_coreset(data, sel, tmp_path / "exp2", ratios=[0.3])
     small = tmp_path / "small.jsonl"
     small.write_text("".join(json.dumps(r) + "\n" for r in records[:10]))
-    with pytest.raises(MintError, match="exceeds the dataset of 10 records"):
+    with pytest.raises(MintError, match="selected from 20 records but .*small.jsonl holds 10"):
         export_coreset(small, sel, tmp_path / "exp3")
+    # a file without the record count: the indices themselves are checked
+    old = _selection(tmp_path / "old", {0.2: ([4, 9, 1, 17], [6, 5, 5, 4])}, n=None)
+    with np.load(old / "coreset_0.20.npz") as z:
+        atomic_save_npz(old / "coreset_0.20.npz", indices=z["indices"], weights=z["weights"])
+    with pytest.raises(MintError, match="index 17 is outside the data set of 10 records"):
+        export_coreset(small, old, tmp_path / "exp4")
+    # the coresets are the ones the summary lists, whatever other files lie there
+    only = _selection(tmp_path / "only", {0.1: ([4, 9], [12, 8]), 0.2: ([4, 9, 1, 17], [6, 5, 5, 4])}, n=20,
+                      listed=[0.1])
+    assert sorted(export_coreset(data, only, tmp_path / "exp5")) == [0.1]
 
 
 def test_export_coreset_refuses_a_selection_made_on_other_data(tmp_path):
-    from mint._io import atomic_save_npz, atomic_write_json, sha256_file
+    from mint._io import atomic_write_json, sha256_file
     from mint.pipeline.export import export_coreset
 
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in make_alpaca_records(20)))
-    sel = tmp_path / "select"
-    atomic_save_npz(sel / "coreset_0.10.npz", indices=np.array([4, 9]), weights=np.array([12, 8]))
-    atomic_write_json(sel / "summary.json", {"n": 20, "data": {"sha256": sha256_file(data)}})
+    sel = _selection(tmp_path / "select", {0.1: ([4, 9], [12, 8])}, n=20, data_sha256=sha256_file(data))
     export_coreset(data, sel, tmp_path / "ok")
-    atomic_write_json(sel / "summary.json", {"n": 20, "data": {"sha256": "0" * 64}})
-    with pytest.raises(MintError, match="sha256 mismatch"):
+    sel = _selection(tmp_path / "other", {0.1: ([4, 9], [12, 8])}, n=20, data_sha256="0" * 64)
+    with pytest.raises(MintError, match="selected from a different data file"):
+        export_coreset(data, sel, tmp_path / "bad")
+    sel = _selection(tmp_path / "bigger", {0.1: ([4, 9], [12, 8])}, n=21)
+    with pytest.raises(MintError, match="selected from 21 records"):
         export_coreset(data, sel, tmp_path / "bad")
     atomic_write_json(sel / "summary.json", {"n": 21})
-    with pytest.raises(MintError, match="over 21 examples"):
+    with pytest.raises(MintError, match="not a selection summary"):
         export_coreset(data, sel, tmp_path / "bad")
 
 
 def test_mint_export_command(tmp_path, capsys):
-    from mint._io import atomic_save_npz
     from mint.cli import main
 
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in make_alpaca_records(20)))
-    atomic_save_npz(tmp_path / "sel" / "coreset_0.10.npz", indices=np.array([3, 5]), weights=np.array([11, 9]))
+    _selection(tmp_path / "sel", {0.1: ([3, 5], [11, 9])}, n=20)
     assert main(["export", "--data", str(data), "--selection", str(tmp_path / "sel"),
                  "--output_dir", str(tmp_path / "out")]) == 0
     assert "ratio 0.10" in capsys.readouterr().out

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from mint._io import sha256_file
 from mint.cli import main
 from mint.pipeline.export import read_export
 
@@ -53,7 +54,8 @@ def test_end_to_end_outputs(npy_dir, data_file, tmp_path):
     assert {"coreset_0.05.npz", "coreset_0.10.npz", "coreset_0.05.jsonl", "coreset_0.10.jsonl", "alpha_curve.csv",
             "pareto.png", "plateau.png", "summary.json", "summary.txt", "selection.npz", "run.json"} <= names
     small, big = np.load(out / "coreset_0.05.npz"), np.load(out / "coreset_0.10.npz")
-    assert set(small.files) == {"indices", "weights"}
+    assert set(small.files) == {"indices", "weights", "n", "data_sha256"}
+    assert int(small["n"]) == N and str(small["data_sha256"]) == sha256_file(data_file)  # provenance
     np.testing.assert_array_equal(small["indices"], big["indices"][:4])
     assert small["weights"].sum() == N and big["weights"].sum() == N
     records, source, weights = read_export(out / "coreset_0.10.jsonl")
@@ -105,7 +107,7 @@ def test_refuses_to_mix_runs(npy_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--alpha", "0"], "strictly between 0 and 1"),
+        (["--alpha", "0"], "config key selection.alpha: 0.0 is outside (0, 1)"),
         (["--coef", "0", "0", "0"], "all 0"),
         (["--ratios", "1.5"], "outside (0, 1]"),
     ],

@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mint.selection.alpha import alpha_grid, detect_plateau, evaluate_alpha, golden_search, scan_alphas
-from mint.selection.distances import pairwise_distances
+from mint.selection.alpha import (
+    alpha_grid,
+    alpha_similarity,
+    detect_plateau,
+    evaluate_alpha,
+    golden_search,
+    scan_alphas,
+)
+from mint.selection.distances import alpha_combination, combined_distances, pairwise_distances
+from mint.selection.facility import naive_greedy, similarity_from_distance
 
 
 def test_grid_has_174_points_with_documented_ends():
@@ -87,8 +95,12 @@ def test_golden_finds_minimum_of_convex_curve():
     best, evaluated = golden_search(f, tol=1e-4)
     assert abs(best - 0.7231) < 2e-4
     assert len(evaluated) == len(calls) == len(set(calls))
-    best2, _ = golden_search(lambda x: abs(x - 0.2), tol=1e-3, max_iter=3)
-    assert len(_) <= 5  # the iteration cap holds
+    best2, evaluated2 = golden_search(lambda x: abs(x - 0.2), tol=1e-3, max_iter=3)
+    # the iteration cap holds: two starting points and one new point per iteration
+    assert [x for x, _ in evaluated2] == [0.382202, 0.617798, 0.236596, 0.146606, 0.292212]
+    # the answer is the best point evaluated so far, not the bracket's midpoint
+    assert best2 == 0.236596 == min(evaluated2, key=lambda kv: (kv[1], kv[0]))[0]
+    assert all(f == pytest.approx(abs(x - 0.2)) for x, f in evaluated2)
 
 
 def _pre_sample(seed=0, n=40):
@@ -110,5 +122,24 @@ def test_parallel_scan_equals_sequential():
 def test_errors_of_a_subset():
     d_pt, d_ifl = _pre_sample(1, 30)
     e_pt, e_ifl, order = evaluate_alpha(d_pt, d_ifl, 0.5, 5)
-    assert e_pt == pytest.approx(d_pt[:, order].min(axis=1).sum(dtype=np.float64))
-    assert e_ifl == pytest.approx(d_ifl[:, order].min(axis=1).sum(dtype=np.float64))
+    D = d_pt / 0.5 + d_ifl / 0.5
+    expected_order, _ = naive_greedy(D.max() - D, 5)
+    np.testing.assert_array_equal(order, expected_order)
+    # the same float32 minima summed the same way in float64: equal, not just close
+    assert e_pt == d_pt[:, order].min(axis=1).sum(dtype=np.float64)
+    assert e_ifl == d_ifl[:, order].min(axis=1).sum(dtype=np.float64)
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.5, 0.97])
+def test_alpha_similarity_is_the_blockwise_similarity_bit_for_bit(alpha):
+    # the cached full-N stage and the pre-sample scan use `alpha_similarity`; the block-by-block
+    # stage builds S from the features: the same bytes, so the strategy never changes a selection
+    rng = np.random.default_rng(7)
+    feats = {k: rng.normal(size=(45, 6)).astype(np.float32) for k in ("pt", "ifl")}
+    d_pt, d_ifl = pairwise_distances(feats["pt"], block=16), pairwise_distances(feats["ifl"], block=16)
+    out = np.full_like(d_pt, np.nan)
+    S = alpha_similarity(d_pt, d_ifl, alpha, out)
+    assert S is out
+    blockwise = similarity_from_distance(combined_distances(feats, alpha_combination(alpha), block=16))
+    assert S.dtype == blockwise.dtype == np.float32
+    assert S.tobytes() == blockwise.tobytes()

@@ -166,6 +166,21 @@ def test_combined_distances_follow_the_formula():
     np.testing.assert_allclose(Da, d["pt"] / a + d["ifl"] / (1 - a), rtol=1e-12, atol=1e-12)
     Dc = combined_distances(feats, coef_combination((0.5, 0.0, 2.0)), dtype=np.float64, block=10)
     np.testing.assert_allclose(Dc, 0.5 * d["sft"] + 2.0 * d["ifl"], rtol=1e-12, atol=1e-12)
-    # a zero coefficient means that kind is never read
+    # a zero coefficient means that kind is never read (here it is absent: reading it would fail)
     no_sft = {"pt": feats["pt"], "ifl": feats["ifl"]}
-    combined_distances(no_sft, coef_combination((0.0, 1.0, 1.0)), dtype=np.float64)
+    assert coef_combination((0.0, 1.0, 1.0)).kinds == ("pt", "ifl")
+    D = combined_distances(no_sft, coef_combination((0.0, 1.0, 1.0)), dtype=np.float64, block=9)
+    np.testing.assert_allclose(D, d["pt"] + d["ifl"], rtol=1e-12, atol=1e-12)
+    assert np.array_equal(D, D.T) and np.all(np.diag(D) == 0)
+
+
+def test_similarity_from_distance():
+    rng = np.random.default_rng(8)
+    D = pairwise_distances(rng.normal(size=(12, 3)).astype(np.float32))
+    S = similarity_from_distance(D)
+    assert S.dtype == np.float32 and S.min() == 0 and np.all(np.diag(S) == D.max())
+    np.testing.assert_array_equal(S, D.max() - D)
+    # in place, and with the maximum given by the caller: the same bytes
+    out = D.copy()
+    assert similarity_from_distance(out, out=out, top=float(D.max())) is out
+    assert out.tobytes() == S.tobytes()

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import argparse
 
+from mint.commands.options import add_config_options, config_from_args
+
 HELP = "export the coresets of a selection folder for other trainers (JSONL, messages, LLaMA-Factory, axolotl)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("LLaMA-Factory and axolotl ignore the `weight` field unless told to use it; "
                      "`mint train --coreset` applies the weights.")
-    parser.add_argument("--data", required=True, help="the data file the selection was made from")
+    add_config_options(parser, [("data.train", "--data")], required=["data.train"],
+                       overrides={"data.train": {"help": "the data file the selection was made from"}})
     parser.add_argument("--selection", required=True, metavar="DIR",
                         help="output folder of `mint select` (holds coreset_R.npz)")
     parser.add_argument("--output_dir", help="where to write the exports (default: the selection folder)")
@@ -20,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mint.pipeline.export import export_coreset
 
-    out = export_coreset(args.data, args.selection, args.output_dir, ratios=args.ratios, name=args.name)
+    cfg = config_from_args(args)
+    out = export_coreset(cfg.data.train, args.selection, args.output_dir, ratios=args.ratios, name=args.name)
     for ratio, paths in sorted(out.items()):
         print(f"ratio {ratio:.2f}: {paths['records']}  {paths['messages']}")
     folder = next(iter(out.values()))["records"].parent

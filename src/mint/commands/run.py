@@ -48,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
+    from mint.commands.options import apply_threads
     from mint.pipeline import run_pipeline
     from mint.pipeline.report import short_summary
 
+    apply_threads(cfg)
     result = run_pipeline(cfg, overwrite=args.overwrite)
     print(short_summary(result.run_dir))
     return 0

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from mint.commands.warmup import add_model_arguments, common_options, summary
+from mint.commands.options import (DATA_HELP, LORA_KEYS, MODEL_KEYS, RENDER_KEYS, add_config_options, add_output_options,
+                                   apply_threads, config_from_args)
+from mint.commands.warmup import summary
 
 HELP = "LoRA fine-tuning on a weighted coreset (--coreset), a random subset (--random RATIO), or all the data"
 
@@ -15,73 +17,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="train on a seeded random subset of this fraction of the data, unit weights (a seed "
                             "stream of its own, not the warm-up sample; the same subset as `mint run`'s random "
                             "baseline at the same ratio and seed)")
-    parser.add_argument("--weighting", choices=("loss", "sampling", "none"), default="loss",
-                        help="coreset weights: loss (w_i/mean(w) times each example's loss, default), sampling "
-                             "(draw examples with probability proportional to w), none")
-    # LESS: lr 2e-5 (for rank 128); small ranks and short CPU runs train faster with 1e-4 .. 1e-3
-    add_model_arguments(parser, epochs=3.0, lr=2e-5)
+    add_config_options(parser, [("data.train", "--data"), *MODEL_KEYS, *LORA_KEYS, *RENDER_KEYS, "seed", "threads",
+                                ("train.weighting", "--weighting"), ("train.epochs", "--epochs"), ("train.lr", "--lr"),
+                                ("train.batch_size", "--batch_size"), ("train.grad_accum", "--grad_accum")],
+                       required=["data.train"], overrides=DATA_HELP)
+    add_output_options(parser, "output folder (adapter/, optimizer.safetensors, manifest.json)")
 
 
-def _check_coreset_source(coreset: dict, coreset_path, data_path, n_records: int) -> None:
-    """Refuse a coreset made on other data when its file or the selection's summary.json says so."""
-    import json
-    from pathlib import Path
-
-    from mint._io import sha256_file
+def _pick(args: argparse.Namespace, cfg):
+    """(indices as a function of the record count, weights, weighting): train_lora reads the data
+    once and calls the function with its size."""
     from mint.errors import MintError
+    from mint.model.warmup import random_subset_indices
+    from mint.pipeline.coresets import check_source, load_coreset
 
-    found = {key: coreset[key] for key in ("data_sha256", "n_records", "n") if key in coreset}
-    summary_path = Path(coreset_path).parent / "summary.json"
-    if summary_path.is_file():
-        def walk(obj):
-            if isinstance(obj, dict):
-                for k, v in obj.items():
-                    if k == "data_sha256" and isinstance(v, str):
-                        found.setdefault("data_sha256", v)
-                    walk(v)
-        try:
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise MintError(f"{summary_path} is unreadable ({e}); restore it or move the coreset file out of "
-                            "that folder") from e
-        walk(summary)
-        if isinstance(summary, dict) and isinstance(summary.get("n"), int):
-            found.setdefault("n", summary["n"])
-    n = found.get("n_records", found.get("n"))
-    if n is not None and int(n) != n_records:
-        raise MintError(f"{coreset_path} was selected from {int(n)} records but {data_path} holds {n_records}; "
-                        "pass the data file the coreset was selected from")
-    if "data_sha256" in found and found["data_sha256"] != sha256_file(data_path):
-        raise MintError(f"{coreset_path} was selected from a different data file (sha256 differs from {data_path}); "
-                        "pass the data file the coreset was selected from")
+    if args.coreset:
+        coreset = load_coreset(args.coreset)
+        if coreset.weights is None and cfg.train.weighting != "none":
+            raise MintError(f"{args.coreset} has no 'weights' array, so --train.weighting "
+                            f"{cfg.train.weighting} has nothing to apply; add the weights, or pass "
+                            "--train.weighting none to train on the subset unweighted")
+
+        def pick(n_records: int):
+            check_source(coreset, cfg.data.train, n_records)
+            return coreset.indices
+        return pick, coreset.weights, cfg.train.weighting
+    if args.random is not None:
+        if not 0 < args.random <= 1:
+            raise MintError(f"--random takes a fraction in (0, 1], got {args.random}")
+        return (lambda n_records: random_subset_indices(n_records, args.random, cfg.seed)), None, "none"
+    return None, None, cfg.train.weighting
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
+    from pathlib import Path
 
-    from mint.errors import MintError
-    from mint.model.train import load_coreset, train_lora
-    from mint.model.warmup import random_subset_indices
+    from mint.pipeline.steps import train_call
 
-    options = common_options(args)
-    pick = weights = None
-    weighting = args.weighting
-    # `pick`: the indices as a function of the record count; train_lora reads the data once and calls it.
-    if args.coreset:
-        coreset = load_coreset(args.coreset)
-        weights = coreset.get("weights")
-
-        def pick(n_records: int):
-            _check_coreset_source(coreset, args.coreset, args.data, n_records)
-            return coreset["indices"]
-    elif args.random is not None:
-        if not 0 < args.random <= 1:
-            raise MintError(f"--random takes a fraction in (0, 1], got {args.random}")
-        weighting = "none"
-
-        def pick(n_records: int):
-            return random_subset_indices(n_records, args.random, args.seed)
-    out = train_lora(args.model, args.data, args.output_dir, indices=pick,
-                     weights=None if weights is None else np.asarray(weights), weighting=weighting, **options)
+    cfg = config_from_args(args)
+    apply_threads(cfg)
+    indices, weights, weighting = _pick(args, cfg)
+    out = train_call(cfg, Path(cfg.data.train), Path(args.output_dir), indices=indices, weights=weights,
+                     weighting=weighting, overwrite=args.overwrite, progress=not args.no_progress)
     print(summary("train", out))
     return 0

@@ -3,49 +3,18 @@ from __future__ import annotations
 
 import argparse
 
+from mint.commands.options import (DATA_HELP, LORA_KEYS, MODEL_KEYS, RENDER_KEYS, add_config_options, add_output_options,
+                                   apply_threads, config_from_args)
+
 HELP = "warm a LoRA adapter up on a random sample of the data (adapter + AdamW state for `mint grads`)"
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, epochs: float, lr: float) -> None:
-    """Options shared by `mint warmup` and `mint train`."""
-    parser.add_argument("--data", required=True, help="instruction data: JSON array or JSON Lines (.gz ok)")
-    parser.add_argument("--model", default="smollm2-135m-instruct",
-                        help="base model: local folder, hub id in the local cache, or smollm2-135m-instruct (default)")
-    parser.add_argument("--output_dir", required=True, help="output folder (adapter/, optimizer.safetensors, manifest.json)")
-    parser.add_argument("--epochs", type=float, default=epochs, help=f"passes over the examples (default {epochs:g})")
-    parser.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate, linear schedule (default {lr:g})")
-    parser.add_argument("--batch_size", type=int, default=8, help="examples per forward pass (default 8)")
-    parser.add_argument("--grad_accum", type=int, default=1, help="forward passes per optimizer step (default 1)")
-    parser.add_argument("--lora_r", type=int, default=8, help="LoRA rank (default 8)")
-    parser.add_argument("--lora_alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
-    parser.add_argument("--lora_dropout", type=float, default=0.05, help="LoRA dropout (default 0.05)")
-    parser.add_argument("--target_modules", nargs="+", default=None,
-                        help="modules to adapt (default: attention projections of the architecture)")
-    parser.add_argument("--max_length", type=int, default=512,
-                        help="tokens per example; prompts are cut from the left, responses kept (default 512)")
-    parser.add_argument("--long_prompts", choices=("error", "truncate"), default="error",
-                        help="a prompt that alone fills max_length: error (default) or cut it from the left")
-    parser.add_argument("--template", choices=("auto", "chat", "plain"), default="auto",
-                        help="prompt rendering: the tokenizer's chat template when it has one (auto), or plain")
-    parser.add_argument("--schema", choices=("auto", "alpaca", "chat", "prompt_completion"), default="auto",
-                        help="record schema (default: detected from the first record)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the sample, LoRA init and order (default 0)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 ...")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                        help="model dtype: auto = float32 on CPU, bfloat16 on GPU")
-    parser.add_argument("--overwrite", action="store_true", help="replace an output folder holding another run")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-
-
-def common_options(args: argparse.Namespace) -> dict:
-    from mint.model.modeling import LoraSettings
-
-    lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                        target_modules=tuple(args.target_modules) if args.target_modules else None)
-    return dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, lora=lora,
-                max_length=args.max_length, long_prompts=args.long_prompts, template=args.template,
-                schema=args.schema, seed=args.seed, device=args.device, dtype=args.dtype,
-                overwrite=args.overwrite, progress=not args.no_progress)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_options(parser, [("data.train", "--data"), *MODEL_KEYS, *LORA_KEYS, *RENDER_KEYS, "seed", "threads",
+                                ("warmup.sample_ratio", "--sample_ratio"), ("warmup.epochs", "--epochs"),
+                                ("warmup.lr", "--lr"), ("warmup.batch_size", "--batch_size"),
+                                ("warmup.grad_accum", "--grad_accum")], required=["data.train"], overrides=DATA_HELP)
+    add_output_options(parser, "output folder (adapter/, optimizer.safetensors, manifest.json)")
 
 
 def summary(kind: str, out) -> str:
@@ -59,16 +28,14 @@ def summary(kind: str, out) -> str:
             f"  adapter: {out}/adapter  (manifest: {out}/manifest.json)")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sample_ratio", type=float, default=0.05,
-                        help="fraction of the data drawn at random for the warm-up (default 0.05, as in LESS/MINT)")
-    # LESS: 4 epochs at lr 2e-5
-    add_model_arguments(parser, epochs=4.0, lr=2e-5)
-
-
 def run(args: argparse.Namespace) -> int:
-    from mint.model.warmup import run_warmup
+    from pathlib import Path
 
-    out = run_warmup(args.model, args.data, args.output_dir, sample_ratio=args.sample_ratio, **common_options(args))
+    from mint.pipeline.steps import warmup_call
+
+    cfg = config_from_args(args)
+    apply_threads(cfg)
+    out = warmup_call(cfg, Path(cfg.data.train), Path(args.output_dir), overwrite=args.overwrite,
+                      progress=not args.no_progress)
     print(summary("warmup", out))
     return 0

@@ -49,7 +49,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mint._io import sha256_bytes, sha256_file
+from mint.choices import LONG_PROMPTS, SCHEMAS, TEMPLATES
 from mint.errors import MintError
+from mint.records import SCHEMA_HINT, detect_schema
 
 __all__ = [
     "SCHEMAS",
@@ -67,8 +69,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMAS = ("alpaca", "chat", "prompt_completion")
-TEMPLATES = ("auto", "chat", "plain")
 IGNORE_INDEX = -100  # label value that cross entropy skips (the transformers convention)
 _TOKENIZE_CHUNK = 1024  # examples per tokenizer call: large enough to amortise the call, small enough for a bar
 
@@ -116,17 +116,6 @@ def _line_of(path: Path, i: int) -> str:
             if n == i:
                 return f"{path}, line {lineno} (record {i})"
     return f"{path}, record {i}"
-
-
-def detect_schema(record: dict) -> str | None:
-    """The schema a record's keys point to, or None."""
-    if "messages" in record:
-        return "chat"
-    if "instruction" in record or ("output" in record and "prompt" not in record):
-        return "alpaca"
-    if "prompt" in record or "completion" in record:
-        return "prompt_completion"
-    return None
 
 
 class _BadRecord(Exception):
@@ -191,19 +180,14 @@ def load_examples(path: str | os.PathLike, *, schema: str = "auto") -> list[Exam
     if schema == "auto":
         schema = detect_schema(records[0])
         if schema is None:
-            raise MintError(
-                f"{_line_of(path, 0)}: none of the three schemas fits the keys {sorted(records[0])}; expected "
-                "'instruction'/'input'/'output' (Alpaca), 'messages' (chat) or 'prompt'/'completion'"
-            )
+            raise MintError(f"{_line_of(path, 0)}: none of the three schemas fits the keys {sorted(records[0])}; "
+                            f"{SCHEMA_HINT}")
     examples, ignored_tail = [], 0
     for i, record in enumerate(records):
         found = detect_schema(record)
         try:
             if found is None:
-                raise _BadRecord(
-                    f"none of the three schemas fits the keys {sorted(record)}; expected "
-                    "'instruction'/'input'/'output' (Alpaca), 'messages' (chat) or 'prompt'/'completion'"
-                )
+                raise _BadRecord(f"none of the three schemas fits the keys {sorted(record)}; {SCHEMA_HINT}")
             if found != schema:
                 raise _BadRecord(f"a {found} record in a {schema} file; use one schema per file")
             prompt, response, prompt_text = _parse(record, schema)
@@ -284,36 +268,16 @@ def tokenize_examples(
     """
     if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
         raise MintError(f"max_length must be an integer >= 2, got {max_length!r}")
-    if long_prompts not in ("error", "truncate"):
-        raise MintError(f"long_prompts must be 'error' or 'truncate', got {long_prompts!r}")
-    from tqdm.auto import tqdm
-
+    if long_prompts not in LONG_PROMPTS:
+        raise MintError(f"long_prompts must be one of {', '.join(LONG_PROMPTS)}, got {long_prompts!r}")
     eos = tokenizer.eos_token_id
     if eos is None:
         raise MintError("the tokenizer has no EOS token; the response must end with one")
     bos = tokenizer.bos_token_id
     add_bos = _adds_bos(tokenizer)
-    prompts = []
-    for ex in examples:
-        try:
-            prompts.append(render_prompt(ex, tokenizer, template=template))
-        except MintError:
-            raise
-        except Exception as e:  # e.g. a chat template that rejects a system message or role order
-            raise MintError(f"record {ex.index}: the tokenizer's chat template failed ({type(e).__name__}: {e}); "
-                            "fix the record's messages or use template 'plain'") from e
-    # Batched calls to the fast tokenizer (one Rust call per chunk instead of one per example);
-    # chunks only so that the progress bar moves.
-    prompt_ids, response_ids = [], []
-    chunk = _TOKENIZE_CHUNK
-    with tqdm(total=len(examples), unit="ex", desc="tokenize", disable=not progress) as bar:
-        for start in range(0, len(examples), chunk):
-            part = slice(start, start + chunk)
-            prompt_ids += tokenizer(prompts[part], add_special_tokens=False)["input_ids"]
-            response_ids += tokenizer([ex.response for ex in examples[part]], add_special_tokens=False)["input_ids"]
-            bar.update(len(prompts[part]))
+    prompts = [_render_or_explain(ex, tokenizer, template) for ex in examples]
+    prompt_ids, response_ids = _token_ids(tokenizer, prompts, [ex.response for ex in examples], progress)
     out, too_long = [], []
-    n_trunc = n_resp_trunc = 0
     for ex, p, r in zip(examples, prompt_ids, response_ids):
         p = list(p)
         if add_bos and (not p or p[0] != bos):
@@ -322,18 +286,7 @@ def tokenize_examples(
         if len(p) >= max_length and long_prompts == "error":
             too_long.append((ex.index, len(p)))
             continue
-        truncated = response_cut = False
-        if len(p) + len(r) > max_length:
-            truncated = True
-            # The response must also fit the PT view (start token + response) and keep one prompt token.
-            if len(r) > max_length - 1:
-                r = r[: max_length - 1]
-                response_cut = True
-            keep = max(1, max_length - len(r))
-            p = p[len(p) - keep:]
-        n_trunc += truncated
-        n_resp_trunc += response_cut
-        out.append(TokenizedExample(ex.index, tuple(p), tuple(r), truncated, response_cut))
+        out.append(_fit(ex.index, p, r, max_length))
     if too_long:
         shown = ", ".join(f"record {i} ({n} tokens)" for i, n in too_long[:5])
         raise MintError(
@@ -341,10 +294,55 @@ def tokenize_examples(
             f"for the response: {shown}{' ...' if len(too_long) > 5 else ''}; raise max_length, remove those records, "
             "or cut such prompts from the left too (long_prompts='truncate')"
         )
+    n_trunc = sum(t.truncated for t in out)
     if n_trunc:
         log.warning("%d of %d examples truncated to max_length=%d (prompt cut from the left; %d responses cut "
-                    "from the right too)", n_trunc, len(out), max_length, n_resp_trunc)
+                    "from the right too)", n_trunc, len(out), max_length, sum(t.response_truncated for t in out))
     return out
+
+
+def _render_or_explain(example: Example, tokenizer, template: str) -> str:
+    """`render_prompt`, with a chat template's own error turned into a `MintError` naming the record."""
+    try:
+        return render_prompt(example, tokenizer, template=template)
+    except MintError:
+        raise
+    except Exception as e:  # e.g. a chat template that rejects a system message or role order
+        raise MintError(f"record {example.index}: the tokenizer's chat template failed ({type(e).__name__}: {e}); "
+                        "fix the record's messages or use template 'plain'") from e
+
+
+def _token_ids(tokenizer, prompts: list[str], responses: list[str], progress: bool) -> tuple[list, list]:
+    """Token ids of the prompts and of the responses, no special tokens added. Batched calls to
+    the fast tokenizer (one Rust call per chunk instead of one per example); chunks only so that
+    the progress bar moves."""
+    from tqdm.auto import tqdm
+
+    prompt_ids, response_ids = [], []
+    chunk = _TOKENIZE_CHUNK
+    with tqdm(total=len(prompts), unit="ex", desc="tokenize", disable=not progress) as bar:
+        for start in range(0, len(prompts), chunk):
+            part = slice(start, start + chunk)
+            prompt_ids += tokenizer(prompts[part], add_special_tokens=False)["input_ids"]
+            response_ids += tokenizer(responses[part], add_special_tokens=False)["input_ids"]
+            bar.update(len(prompts[part]))
+    return prompt_ids, response_ids
+
+
+def _fit(index: int, p: list[int], r: list[int], max_length: int) -> TokenizedExample:
+    """Prompt ids ``p`` and response ids ``r`` (with EOS) cut to ``max_length`` together: the
+    prompt from the left (down to one token), the response from the right only when it alone
+    does not fit."""
+    truncated = response_cut = False
+    if len(p) + len(r) > max_length:
+        truncated = True
+        # The response must also fit the PT view (start token + response) and keep one prompt token.
+        if len(r) > max_length - 1:
+            r = r[: max_length - 1]
+            response_cut = True
+        keep = max(1, max_length - len(r))
+        p = p[len(p) - keep:]
+    return TokenizedExample(index, tuple(p), tuple(r), truncated, response_cut)
 
 
 def collate(tokenized: Sequence[TokenizedExample], view: str, *, pad_id: int, bos_id: int | None) -> dict[str, Any]:

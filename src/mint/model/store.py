@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mint._io import atomic_save_npz, atomic_write_json, read_json, sha256_file
+from mint.choices import FEATURE_KINDS as KINDS
 from mint.errors import MintError
 
 __all__ = ["FeatureStore", "read_manifest", "load_features", "feature_file", "KINDS", "FORMAT"]
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "mint-features"
 FORMAT_VERSION = 1
-KINDS = ("sft", "pt", "ifl")
 
 
 def _dim_label(dim) -> str:

@@ -15,14 +15,15 @@ to ``w`` (with replacement, as many per epoch as the coreset has) and ``c_i = 1`
 Output folder:
 
 - ``adapter/``: the LoRA adapter (peft ``save_pretrained``);
-- ``optimizer.safetensors``: the AdamW state keyed by the adapter's parameter names
-  (``<key>.exp_avg``, ``<key>.exp_avg_sq``, ``<key>.step``; betas, eps and step as JSON in the
-  metadata key ``mint_adamw``);
+- ``optimizer.safetensors``: the AdamW state keyed by the adapter's parameter names (written and
+  read by `mint.model.checkpoint`, which also keeps the mid-run checkpoint);
 - ``manifest.json``: config, data fingerprint, base model, versions, seed, loss history; written
   last, so its presence marks a finished run.
 
 The folder is built under a temporary name and renamed when complete: Ctrl-C leaves nothing
-half-written, and a second call with the same settings returns at once.
+half-written, and a second call with the same settings returns at once. Training seeds torch's
+generators inside the call only (`mint.model.modeling.seeded_torch`): the caller's are left as
+they were.
 """
 from __future__ import annotations
 
@@ -39,9 +40,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mint._io import atomic_write_json, read_json, sha256_bytes, sha256_file, versions
+from mint.choices import WEIGHTINGS
 from mint.errors import MintError
-from mint.records import check_subset
+from mint.model.checkpoint import OPTIMIZER_FILE, load_checkpoint, save_checkpoint, save_optimizer_state
 from mint.model.modeling import LoraSettings  # light: modeling imports torch/transformers/peft inside functions
+from mint.records import check_subset
 
 __all__ = [
     "WEIGHTINGS",
@@ -49,16 +52,12 @@ __all__ = [
     "train_lora",
     "loss_coefficients",
     "accumulate_step",
-    "load_coreset",
-    "load_optimizer_state",
     "read_train_manifest",
 ]
 
 log = logging.getLogger(__name__)
 
-WEIGHTINGS = ("loss", "sampling", "none")
-MANIFEST_FORMAT = "mint.train/1"
-OPTIMIZER_FILE = "optimizer.safetensors"
+MANIFEST_FORMAT = "mint.train/1"  # a recorded format name, not a module path
 
 
 def loss_coefficients(weights: np.ndarray, weighting: str) -> np.ndarray:
@@ -92,26 +91,7 @@ def accumulate_step(model, tokenized: Sequence, coefs: Sequence[float], *, batch
 
 
 # ---------------------------------------------------------------------------------------------
-# Inputs
-
-
-def load_coreset(path: str | os.PathLike) -> dict[str, Any]:
-    """A coreset file (.npz) with ``indices`` and optional ``weights``; any other arrays (for
-    example ``data_sha256``, ``n_records``) are returned too, as plain Python values."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"coreset file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            out = {k: z[k] for k in z.files}
-    except Exception as e:
-        raise MintError(f"{path}: not a readable .npz coreset file ({e})") from e
-    if "indices" not in out:
-        raise MintError(f"{path} has no 'indices' array; expected the coreset_*.npz written by `mint select`")
-    for k, v in list(out.items()):
-        if k not in ("indices", "weights") and v.ndim == 0:
-            out[k] = v.item()
-    return out
+# The output folder
 
 
 def read_train_manifest(folder: str | os.PathLike) -> dict | None:
@@ -164,6 +144,7 @@ def _publish(tmp: Path, output_dir: Path) -> None:
 # The training run
 
 
+# Over 60 lines only by its signature (one keyword per option) and docstring; the body is ~50.
 def train_lora(
     model_name_or_dir: str | os.PathLike,
     data_path: str | os.PathLike,
@@ -172,7 +153,7 @@ def train_lora(
     indices: Sequence[int] | np.ndarray | Callable[[int], Any] | None = None,
     weights: Sequence[float] | np.ndarray | None = None,
     weighting: str = "loss",
-    epochs: float = 1.0,
+    epochs: float = 3.0,
     lr: float = 2e-5,
     batch_size: int = 8,
     grad_accum: int = 1,
@@ -207,11 +188,58 @@ def train_lora(
     interrupted run with the same settings continues from it and ends with the same adapter as an
     uninterrupted one. ``extra``: more provenance for the manifest (kept out of the resume check).
     """
-    import torch
+    from mint.model.data import load_examples
+    from mint.model.modeling import resolve_device, resolve_dtype, seeded_torch
 
-    from mint.model.data import dataset_fingerprint, load_examples
-    from mint.model.modeling import resolve_device, resolve_dtype
+    lora = _check_options(weighting=weighting, batch_size=batch_size, grad_accum=grad_accum, epochs=epochs, lr=lr,
+                          warmup_ratio=warmup_ratio, lora=lora)
+    data_path, output_dir = Path(data_path), Path(output_dir)
+    if not data_path.is_file():
+        raise FileNotFoundError(f"data file not found: {data_path}")
 
+    examples = load_examples(data_path, schema=schema)
+    if callable(indices):
+        indices = indices(len(examples))
+    idx, w = check_subset(indices, weights, len(examples), source="coreset")
+    device = resolve_device(device)
+    # the detected schema, so that "auto" and an explicit schema name give the same fingerprint
+    data_settings = {"schema": examples[0].schema, "template": template, "max_length": max_length,
+                     "long_prompts": long_prompts}
+    config = _train_config(
+        kind=kind, base_model=model_name_or_dir, data_path=data_path, data_settings=data_settings,
+        n_records=len(examples), idx=idx, w=w, weighting=weighting, epochs=epochs, lr=lr, batch_size=batch_size,
+        grad_accum=grad_accum, lora=lora, seed=seed, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
+        max_grad_norm=max_grad_norm, torch_dtype=resolve_dtype(dtype, device))
+    if _prepare_output(output_dir, config, overwrite):
+        log.info("%s already holds this finished run; nothing to do", output_dir)
+        return output_dir
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Mid-run state for resuming after an interruption; beside the output, removed once it is published.
+    checkpoint = output_dir.with_name(f".{output_dir.name}.checkpoint.pt")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
+    try:
+        with seeded_torch(seed, device):  # LoRA init and dropout; the caller's generators are restored after
+            manifest = _train(examples, idx, w, config, tmp, model_name_or_dir=model_name_or_dir,
+                              device=device, dtype=dtype, lora=lora, progress=progress,
+                              checkpoint=checkpoint, checkpoint_seconds=checkpoint_seconds)
+        manifest.update({
+            "data": {"path": str(data_path.resolve()), "file_sha256": sha256_file(data_path),
+                     "fingerprint": config["data_fingerprint"], "settings": data_settings},
+            "extra": extra or {},
+        })
+        np.save(tmp / "indices.npy", idx)  # which records were trained on, for inspection
+        atomic_write_json(tmp / "manifest.json", manifest)  # last: marks the run finished
+        _publish(tmp, output_dir)
+        checkpoint.unlink(missing_ok=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def _check_options(*, weighting, batch_size, grad_accum, epochs, lr, warmup_ratio, lora) -> LoraSettings:
+    """Refuse bad options before anything is read; the LoRA settings to use."""
     if weighting not in WEIGHTINGS:
         raise MintError(f"unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
     for name, value in (("batch_size", batch_size), ("grad_accum", grad_accum)):
@@ -226,23 +254,20 @@ def train_lora(
     lora = lora if lora is not None else LoraSettings()
     if not isinstance(lora, LoraSettings):
         raise MintError(f"lora must be a mint.model.modeling.LoraSettings, got {type(lora).__name__}")
-    data_path, output_dir = Path(data_path), Path(output_dir)
-    if not data_path.is_file():
-        raise FileNotFoundError(f"data file not found: {data_path}")
+    return lora
 
-    examples = load_examples(data_path, schema=schema)
-    if callable(indices):
-        indices = indices(len(examples))
-    idx, w = check_subset(indices, weights, len(examples), source="coreset")
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-    # the detected schema, so that "auto" and an explicit schema name give the same fingerprint
-    data_settings = {"schema": examples[0].schema, "template": template, "max_length": max_length, "long_prompts": long_prompts}
-    config = {
+
+def _train_config(*, kind, base_model, data_path: Path, data_settings: dict, n_records: int, idx, w, weighting,
+                  epochs, lr, batch_size, grad_accum, lora: LoraSettings, seed, weight_decay, warmup_ratio,
+                  max_grad_norm, torch_dtype) -> dict:
+    """What determines the result: the resume check compares it, the manifest records it."""
+    from mint.model.data import dataset_fingerprint
+
+    return {
         "kind": kind,
-        "base_model": str(model_name_or_dir),
+        "base_model": str(base_model),
         "data_fingerprint": dataset_fingerprint(data_path, data_settings),
-        "n_records": len(examples),
+        "n_records": n_records,
         "indices_sha256": sha256_bytes(idx.tobytes()),
         "weights_sha256": sha256_bytes(w.tobytes()),
         "n_train": int(idx.size),
@@ -259,79 +284,86 @@ def train_lora(
         "max_grad_norm": None if max_grad_norm is None else float(max_grad_norm),
         "dtype": str(torch_dtype).replace("torch.", ""),
     }
-    if _prepare_output(output_dir, config, overwrite):
-        log.info("%s already holds this finished run; nothing to do", output_dir)
-        return output_dir
-
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Mid-run state for resuming after an interruption; beside the output, removed once it is published.
-    checkpoint = output_dir.with_name(f".{output_dir.name}.checkpoint.pt")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
-    try:
-        manifest = _train(examples, idx, w, config, tmp, model_name_or_dir=model_name_or_dir,
-                          device=device, dtype=dtype, lora=lora, progress=progress,
-                          checkpoint=checkpoint, checkpoint_seconds=checkpoint_seconds)
-        manifest.update({
-            "data": {"path": str(data_path.resolve()), "file_sha256": sha256_file(data_path),
-                     "fingerprint": config["data_fingerprint"], "settings": data_settings},
-            "extra": extra or {},
-        })
-        np.save(tmp / "indices.npy", idx)  # which records were trained on, for inspection
-        atomic_write_json(tmp / "manifest.json", manifest)  # last: marks the run finished
-        _publish(tmp, output_dir)
-        checkpoint.unlink(missing_ok=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return output_dir
 
 
 def _train(examples, idx, w, config, out: Path, *, model_name_or_dir, device, dtype, lora, progress,
            checkpoint: Path, checkpoint_seconds: float) -> dict:
+    """The run itself, inside the caller's `seeded_torch` block: the adapter and optimizer state
+    into ``out``; the manifest (less the data entry)."""
     import torch
-    from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
     from mint.model.data import collate_ids, tokenize_examples
     from mint.model.modeling import add_lora, load_model_and_tokenizer, lora_named_parameters, resolve_model
 
     started = time.time()
-    seed = config["seed"]
-    torch.manual_seed(seed)  # LoRA init and dropout
-    rng = np.random.default_rng(seed)  # example order
+    rng = np.random.default_rng(config["seed"])  # example order
     model, tokenizer = load_model_and_tokenizer(model_name_or_dir, device=device, dtype=dtype)
     model = add_lora(model, lora)
     model.train()
     tokenized = tokenize_examples([examples[i] for i in idx], tokenizer, max_length=config["max_length"],
                                   template=config["template"], long_prompts=config["long_prompts"],
                                   progress=progress)
-    ids = collate_ids(tokenizer)
-    coefs = loss_coefficients(w, config["weighting"])
+    n_total, steps = _example_steps(len(tokenized), config, w, rng)
+    params = [p for _, p in lora_named_parameters(model)]
+    betas, eps = (0.9, 0.999), 1e-8  # torch/transformers AdamW defaults
+    optimizer = torch.optim.AdamW(params, lr=config["lr"], betas=betas, eps=eps, weight_decay=config["weight_decay"])
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config["warmup_ratio"] * len(steps)), len(steps))
+    history: list[dict] = []
+    done = load_checkpoint(checkpoint, config, model, optimizer, scheduler, history)
+    log.info("training LoRA on %d examples (%d optimizer steps of %d, weighting %s) on %s%s",
+             len(tokenized), len(steps), config["batch_size"] * config["grad_accum"], config["weighting"], device,
+             f", resuming after step {done}" if done else "")
+    loop_start = time.time()
+    _run_steps(model, tokenized, steps, done, loss_coefficients(w, config["weighting"]), collate_ids(tokenizer),
+               params=params, optimizer=optimizer, scheduler=scheduler, history=history, config=config,
+               checkpoint=checkpoint, checkpoint_seconds=checkpoint_seconds, progress=progress)
+    loop_end = time.time()
 
-    n = len(tokenized)
+    model.save_pretrained(out / "adapter")
+    save_optimizer_state(model, optimizer, out / OPTIMIZER_FILE, betas=betas, eps=eps)
+    return {
+        "format": MANIFEST_FORMAT,
+        "config": config,
+        "base_model": {"name": config["base_model"], "path": str(resolve_model(model_name_or_dir))},
+        "n_steps": len(steps),
+        "n_examples_seen": n_total,
+        "n_truncated": int(sum(t.truncated for t in tokenized)),
+        "history": history,
+        "final_loss": history[-1]["loss"] if history else None,
+        "device": device,
+        "versions": versions(),
+        "seconds": round(time.time() - started, 2),
+        "train_seconds": round(loop_end - loop_start, 2),  # the optimizer steps alone
+    }
+
+
+def _example_steps(n: int, config: dict, w: np.ndarray, rng: np.random.Generator) -> tuple[int, list[list[int]]]:
+    """(examples seen, the positions of each optimizer step): ``epochs * n`` positions, one
+    permutation (or weighted draw) per epoch, cut into steps of ``batch_size * grad_accum``."""
     n_total = max(1, int(round(config["epochs"] * n)))
     stream = []
-    while len(stream) < n_total:  # one permutation (or weighted draw) per epoch
+    while len(stream) < n_total:
         if config["weighting"] == "sampling":
             stream.extend(rng.choice(n, size=n, replace=True, p=w / w.sum()).tolist())
         else:
             stream.extend(rng.permutation(n).tolist())
     stream = stream[:n_total]
     per_step = config["batch_size"] * config["grad_accum"]
-    steps = [stream[s:s + per_step] for s in range(0, n_total, per_step)]
+    return n_total, [stream[s:s + per_step] for s in range(0, n_total, per_step)]
 
-    params = [p for _, p in lora_named_parameters(model)]
-    betas, eps = (0.9, 0.999), 1e-8  # torch/transformers AdamW defaults
-    optimizer = torch.optim.AdamW(params, lr=config["lr"], betas=betas, eps=eps, weight_decay=config["weight_decay"])
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config["warmup_ratio"] * len(steps)), len(steps))
-    history: list[dict] = []
-    done = _load_checkpoint(checkpoint, config, model, optimizer, scheduler, history)
-    log.info("training LoRA on %d examples (%d optimizer steps of %d, weighting %s) on %s%s",
-             n, len(steps), per_step, config["weighting"], device,
-             f", resuming after step {done}" if done else "")
-    bar = tqdm(total=n_total, initial=sum(len(s) for s in steps[:done]), unit="ex", desc=config["kind"],
-               disable=not progress)
-    last_save = loop_start = time.time()
+
+def _run_steps(model, tokenized, steps: list[list[int]], done: int, coefs: np.ndarray, ids: dict, *, params,
+               optimizer, scheduler, history: list, config: dict, checkpoint: Path, checkpoint_seconds: float,
+               progress: bool) -> None:
+    """The optimizer steps after the first ``done``, appending to ``history`` and checkpointing
+    every ``checkpoint_seconds``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=sum(len(s) for s in steps), initial=sum(len(s) for s in steps[:done]), unit="ex",
+               desc=config["kind"], disable=not progress)
+    last_save = time.time()
     for step, positions in enumerate(steps, start=1):
         if step <= done:
             continue
@@ -352,146 +384,6 @@ def _train(examples, idx, w, config, out: Path, *, model_name_or_dir, device, dt
         bar.update(len(positions))
         bar.set_postfix(loss=f"{weighted:.4f}")
         if step < len(steps) and time.time() - last_save >= checkpoint_seconds:
-            _save_checkpoint(checkpoint, config, step, model, optimizer, scheduler, history)
+            save_checkpoint(checkpoint, config, step, model, optimizer, scheduler, history)
             last_save = time.time()
     bar.close()
-    loop_end = time.time()
-
-    model.save_pretrained(out / "adapter")
-    _save_optimizer_state(model, optimizer, out / OPTIMIZER_FILE, betas=betas, eps=eps)
-    n_trunc = sum(t.truncated for t in tokenized)
-    return {
-        "format": MANIFEST_FORMAT,
-        "config": config,
-        "base_model": {"name": config["base_model"], "path": str(resolve_model(model_name_or_dir))},
-        "n_steps": len(steps),
-        "n_examples_seen": n_total,
-        "n_truncated": int(n_trunc),
-        "history": history,
-        "final_loss": history[-1]["loss"] if history else None,
-        "device": device,
-        "versions": versions(),
-        "seconds": round(time.time() - started, 2),
-        "train_seconds": round(loop_end - loop_start, 2),  # the optimizer steps alone
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Optimizer state
-
-
-def _save_optimizer_state(model, optimizer, path: Path, *, betas, eps) -> None:
-    import torch
-    from safetensors.torch import save
-
-    from mint._io import atomic_write_bytes
-    from mint.model.modeling import lora_named_parameters
-
-    tensors, step = {}, 0
-    for key, p in lora_named_parameters(model):
-        state = optimizer.state.get(p)
-        if not state:
-            raise MintError(f"no optimizer state for {key}; training made no step")
-        tensors[f"{key}.exp_avg"] = state["exp_avg"].detach().float().cpu().contiguous()
-        tensors[f"{key}.exp_avg_sq"] = state["exp_avg_sq"].detach().float().cpu().contiguous()
-        step = int(float(state["step"]))  # a tensor in torch's AdamW, a number in older versions
-        tensors[f"{key}.step"] = torch.tensor([float(step)], dtype=torch.float32)
-    # One metadata key: safetensors writes its metadata map in no fixed order, and the same run
-    # must give the same bytes.
-    meta = {"mint_adamw": json.dumps({"format": 1, "betas": list(betas), "eps": float(eps), "step": step},
-                                     sort_keys=True)}
-    atomic_write_bytes(path, save(tensors, metadata=meta))
-
-
-def load_optimizer_state(folder: str | os.PathLike) -> dict[str, Any]:
-    """The AdamW state saved by `train_lora` in ``folder``: ``{"exp_avg": {key: Tensor},
-    "exp_avg_sq": {key: Tensor}, "step": int, "betas": (b1, b2), "eps": float}``, keys as in the
-    adapter file. Raises `MintError` when it is missing or does not match the adapter."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    path = folder / OPTIMIZER_FILE
-    if not path.is_file():
-        raise MintError(f"{folder} holds no optimizer state ({OPTIMIZER_FILE} missing), which the 'adam' gradient "
-                        "type needs; run `mint warmup` into a fresh folder (it saves the state) or use grad_type sgd")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    tensors = load_file(str(path))
-    exp_avg = {k[: -len(".exp_avg")]: v for k, v in tensors.items() if k.endswith(".exp_avg")}
-    exp_avg_sq = {k[: -len(".exp_avg_sq")]: v for k, v in tensors.items() if k.endswith(".exp_avg_sq")}
-    adapter_file = folder / "adapter" / "adapter_model.safetensors"
-    if adapter_file.is_file():
-        with safe_open(str(adapter_file), framework="pt") as f:  # the names only, not the tensors
-            adapter_keys = set(f.keys())
-        if set(exp_avg) != adapter_keys or set(exp_avg_sq) != adapter_keys:
-            raise MintError(f"{path} does not match the adapter in {folder / 'adapter'} (parameter names differ); "
-                            "rerun `mint warmup` into a fresh folder")
-    try:
-        hyper = json.loads(meta["mint_adamw"])
-        betas = tuple(float(b) for b in hyper["betas"])
-        eps, step = float(hyper["eps"]), int(hyper["step"])
-    except (KeyError, ValueError, TypeError) as e:
-        raise MintError(f"{path}: optimizer metadata (betas, eps, step) missing or invalid; rerun `mint warmup`") from e
-    return {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "step": step, "betas": betas, "eps": eps}
-
-
-# ---------------------------------------------------------------------------------------------
-# Mid-run checkpoints
-
-
-def _save_checkpoint(path: Path, config: dict, step: int, model, optimizer, scheduler, history) -> None:
-    import io
-
-    import torch
-
-    from mint._io import atomic_write_bytes
-    from mint.model.modeling import lora_named_parameters
-
-    state = {
-        "config_json": json.dumps(config, sort_keys=True),
-        "step": step,
-        "lora": {k: p.detach().cpu().clone() for k, p in lora_named_parameters(model)},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "history_json": json.dumps(history),
-    }
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-    log.debug("checkpoint after step %d -> %s", step, path)
-
-
-def _load_checkpoint(path: Path, config: dict, model, optimizer, scheduler, history: list) -> int:
-    """Restore the state saved by `_save_checkpoint` when it belongs to this config; the number
-    of optimizer steps already done (0 when there is nothing to resume)."""
-    import torch
-
-    from mint.model.modeling import lora_named_parameters
-
-    if not path.is_file():
-        return 0
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a checkpoint is an optimisation: a broken one means starting over
-        log.warning("ignoring unreadable checkpoint %s (%s); starting over", path, e)
-        return 0
-    if state.get("config_json") != json.dumps(config, sort_keys=True):
-        log.info("checkpoint %s belongs to other settings; starting over", path)
-        return 0
-    params = dict(lora_named_parameters(model))
-    if set(params) != set(state["lora"]):
-        log.warning("checkpoint %s does not match the adapter; starting over", path)
-        return 0
-    with torch.no_grad():
-        for k, p in params.items():
-            p.copy_(state["lora"][k].to(p.device, p.dtype))
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    history.extend(json.loads(state["history_json"]))
-    return int(state["step"])

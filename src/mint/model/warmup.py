@@ -80,7 +80,8 @@ def load_warmup_state(warmup_dir: str | os.PathLike) -> dict[str, Any]:
     "eps": float, "step": int, "manifest": dict}``, keys as in the adapter file (see
     `mint.model.modeling.lora_named_parameters`). Raises `MintError` when the folder is not a finished
     warm-up or has no optimizer state."""
-    from mint.model.train import load_optimizer_state, read_train_manifest
+    from mint.model.checkpoint import load_optimizer_state
+    from mint.model.train import read_train_manifest
 
     warmup_dir = Path(warmup_dir)
     if not warmup_dir.is_dir():

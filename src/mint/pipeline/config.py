@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mint import choices
 from mint.errors import MintError
 
 __all__ = [
@@ -38,11 +39,13 @@ class DataConfig:
                                  "(`messages`) or prompt/completion schema; empty = the built-in demo data")
     eval: str | None = _f(None, "held-out file for evaluation, same schema; empty = the demo's held-out split "
                                 "with demo data, else no evaluation")
-    schema: str = _f("auto", "record schema: auto | alpaca | chat | prompt_completion")
-    template: str = _f("auto", "prompt rendering: auto (chat template when the tokenizer has one) | chat | plain")
+    schema: str = _f("auto", "record schema: auto | alpaca | chat | prompt_completion",
+                     choices=("auto", *choices.SCHEMAS))
+    template: str = _f("auto", "prompt rendering: auto (chat template when the tokenizer has one) | chat | plain",
+                       choices=choices.TEMPLATES)
     max_length: int = _f(512, "tokens per example; prompts are cut from the left first, responses kept")
     long_prompts: str = _f("error", "a prompt that alone fills max_length: error (bad input) | truncate "
-                                    "(cut it from the left like other prompts)")
+                                    "(cut it from the left like other prompts)", choices=choices.LONG_PROMPTS)
     demo_examples: int = _f(200, "size of the built-in demo training split (only when `train` is empty)")
     demo_eval_examples: int = _f(60, "size of the built-in demo held-out split (only when `train` is empty)")
 
@@ -52,7 +55,8 @@ class ModelConfig:
     name: str = _f("smollm2-135m-instruct", "base model: a local folder, a hub id (needs network), or the "
                                             "offline alias smollm2-135m-instruct")
     device: str = _f("auto", "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
-    dtype: str = _f("auto", "auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16")
+    dtype: str = _f("auto", "auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16",
+                    choices=choices.DTYPES)
 
 
 @dataclass
@@ -77,7 +81,8 @@ class WarmupConfig:
 class GradsConfig:
     proj_dim: int | None = _f(8192, "random projection dimension of the gradient features (paper: 8192); "
                                     "empty = raw gradients")
-    grad_type: str = _f("adam", "adam (preconditioned with the warm-up AdamW state, as in LESS/MINT) | sgd | sign")
+    grad_type: str = _f("adam", "adam (preconditioned with the warm-up AdamW state, as in LESS/MINT) | sgd | sign",
+                        choices=choices.GRAD_TYPES)
     batch_size: int = _f(8, "examples per batched per-example-gradient pass")
 
 
@@ -85,9 +90,10 @@ class GradsConfig:
 class SelectionConfig:
     ratios: list[float] = _f([0.05], "coreset sizes as fractions of the data, each in (0, 1]; nested prefixes "
                                      "of one greedy order")
-    method: str = _f("mint", "mint | craig (SFT distances only) | pt | ifl | random")
+    method: str = _f("mint", "mint | craig (SFT distances only) | pt | ifl | random", choices=choices.METHODS)
     alpha: float | None = _f(None, "MINT trade-off a in (0, 1) for D = d_PT/a + d_IFL/(1-a); empty = automatic")
-    alpha_method: str = _f("plateau", "automatic alpha: plateau (MINT reference) | plateau_scaled | golden (BRIEF)")
+    alpha_method: str = _f("plateau", "automatic alpha: plateau (MINT reference) | plateau_scaled | golden (BRIEF)",
+                           choices=choices.ALPHA_METHODS)
     coef: list[float] | None = _f(None, "explicit distance coefficients [c_sft, c_pt, c_ifl] instead of alpha")
     preheat_ratio: float = _f(0.3, "fraction of the data pre-sampled for the automatic alpha search")
 
@@ -97,7 +103,8 @@ class TrainConfig:
     ratio: float | None = _f(None, "which selection ratio to train on (must be one of selection.ratios); "
                                    "empty = the largest")
     weighting: str = _f("loss", "how coreset weights enter training: loss (w_i/mean(w) times each example's "
-                                "loss) | sampling (draw examples with probability proportional to w) | none")
+                                "loss) | sampling (draw examples with probability proportional to w) | none",
+                          choices=choices.WEIGHTINGS)
     epochs: float = _f(3.0, "training epochs over the subset")
     lr: float = _f(2e-5, "AdamW learning rate")
     batch_size: int = _f(8, "examples per forward pass")
@@ -160,15 +167,6 @@ DEMO_PRESET: dict[str, Any] = {
     "eval.generate_limit": 40,
 }
 
-_CHOICES = {
-    "data.schema": ("auto", "alpaca", "chat", "prompt_completion"),
-    "data.template": ("auto", "chat", "plain"),
-    "data.long_prompts": ("error", "truncate"),
-    "grads.grad_type": ("adam", "sgd", "sign"),
-    "selection.method": ("mint", "craig", "pt", "ifl", "random"),
-    "selection.alpha_method": ("plateau", "plateau_scaled", "golden"),
-    "train.weighting": ("loss", "sampling", "none"),
-}
 
 
 def iter_fields(cls: type = RunConfig, prefix: str = ""):
@@ -183,11 +181,36 @@ def iter_fields(cls: type = RunConfig, prefix: str = ""):
         yield f"{prefix}{f.name}", tp, default, f.metadata.get("help", "")
 
 
+def choice_lists() -> dict[str, tuple[str, ...]]:
+    """dotted key -> allowed values, for every key that takes one of a few names."""
+    return {key: choices for key, choices in _choices_by_key().items() if choices}
+
+
+def _choices_by_key(cls: type = None, prefix: str = "") -> dict[str, tuple[str, ...] | None]:
+    cls = cls or RunConfig
+    out: dict[str, tuple[str, ...] | None] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(_choices_by_key(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = f.metadata.get("choices")
+    return out
+
+
+def get_key(cfg: "RunConfig", key: str) -> Any:
+    """The value of a dotted key (`selection.ratios`)."""
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "").replace("NoneType", "None").replace("<class '", "").replace("'>", "")
 
 
-def _coerce(key: str, tp: Any, value: Any) -> Any:
+def coerce_value(key: str, tp: Any, value: Any) -> Any:
     """`value` checked against the annotation `tp` (ints accepted for floats, a scalar for a list)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -196,11 +219,11 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(key, inner[0], value)
+        return coerce_value(key, inner[0], value)
     if origin is list:
         (item,) = typing.get_args(tp)
         values = value if isinstance(value, (list, tuple)) else [value]
-        return [_coerce(key, item, v) for v in values]
+        return [coerce_value(key, item, v) for v in values]
     bad = MintError(f"config key {key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
     if tp is bool:
         if isinstance(value, bool):
@@ -261,10 +284,10 @@ def _apply(cfg: RunConfig, flat: dict[str, Any], where: str) -> None:
         *path, leaf = key.split(".")
         for part in path:
             obj = getattr(obj, part)
-        setattr(obj, leaf, _coerce(key, types_by_key[key], value))
+        setattr(obj, leaf, coerce_value(key, types_by_key[key], value))
 
 
-def _parse_token(text: str) -> Any:
+def parse_token(text: str) -> Any:
     import yaml
 
     try:
@@ -283,11 +306,11 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
         if tok.startswith("--") and len(tok) > 2 and not _is_number(tok):
             name, eq, val = tok[2:].partition("=")
             key = name.replace("-", "_")
-            out[key] = [_parse_token(val)] if eq else []
+            out[key] = [parse_token(val)] if eq else []
         elif key is None:
             raise MintError(f"unexpected argument {tok!r}: config overrides look like --section.key VALUE")
         else:
-            out[key].append(_parse_token(tok))
+            out[key].append(parse_token(tok))
     for k, v in out.items():
         if not v:
             raise MintError(f"config override --{k} needs a value (use `null` for empty)")
@@ -344,10 +367,9 @@ def _validate(cfg: RunConfig) -> None:
         if not ok:
             raise MintError(f"config key {key}: {msg}")
 
-    for key, choices in _CHOICES.items():
-        section, leaf = key.split(".")
-        value = getattr(getattr(cfg, section), leaf)
-        need(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
+    for key, allowed in choice_lists().items():
+        value = get_key(cfg, key)
+        need(value in allowed, key, f"{value!r} is not one of {', '.join(allowed)}")
     s, t = cfg.selection, cfg.train
     need(len(s.ratios) > 0, "selection.ratios", "give at least one ratio")
     for r in s.ratios:

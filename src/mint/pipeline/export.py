@@ -21,17 +21,14 @@ from typing import Any
 import numpy as np
 
 from mint.errors import MintError
-from mint.records import check_subset, write_jsonl
+from mint.pipeline.coresets import check_source, coreset_file, list_coresets, load_coreset, same_ratio
+from mint.records import check_subset, record_schema, write_jsonl
 
 __all__ = [
     "export_subset",
     "to_messages",
-    "record_schema",
     "read_export",
     "export_coreset",
-    "find_coresets",
-    "same_ratio",
-    "load_coreset",
     "llamafactory_entry",
     "axolotl_stanza",
     "WEIGHT_NOTE",
@@ -54,20 +51,10 @@ def _json_weight(w: float, integral: bool) -> int | float:
     return int(round(w)) if integral else float(w)
 
 
-def record_schema(record: dict, where: str = "record") -> str:
-    """'alpaca', 'chat' or 'prompt_completion', from the fields a record carries."""
-    if not isinstance(record, dict):
-        raise MintError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    if "messages" in record:
-        return "chat"
-    if "instruction" in record and "output" in record:
-        return "alpaca"
-    if "prompt" in record and "completion" in record:
-        return "prompt_completion"
-    raise MintError(
-        f"{where}: none of the known schemas (fields found: {sorted(record)}); expected "
-        "instruction/input/output (Alpaca), messages (chat) or prompt/completion"
-    )
+def _field(record: dict, key: str, where: str) -> str:
+    if key not in record:
+        raise MintError(f"{where}: missing key {key!r}; fix or remove this record")
+    return str(record[key])
 
 
 def to_messages(record: dict, where: str = "record") -> list[dict]:
@@ -79,13 +66,13 @@ def to_messages(record: dict, where: str = "record") -> list[dict]:
     if schema == "chat":
         return [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
     if schema == "alpaca":
-        prompt = str(record["instruction"])
+        prompt = _field(record, "instruction", where)
         extra = record.get("input") or ""
         if extra:
             prompt = f"{prompt}\n\n{extra}"
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(record["output"])}]
-    return [{"role": "user", "content": str(record["prompt"])},
-            {"role": "assistant", "content": str(record["completion"])}]
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": _field(record, "output", where)}]
+    return [{"role": "user", "content": _field(record, "prompt", where)},
+            {"role": "assistant", "content": _field(record, "completion", where)}]
 
 
 def export_subset(
@@ -183,67 +170,6 @@ def axolotl_stanza(path: str | os.PathLike, schema: str) -> dict[str, Any]:
     raise MintError(f"no axolotl stanza for schema {schema!r}; export the messages variant")
 
 
-def _ratio_of(path: Path) -> float | None:
-    stem = path.stem  # coreset_0.05
-    try:
-        return float(stem.split("_", 1)[1])
-    except (IndexError, ValueError):
-        return None
-
-
-def same_ratio(a: float, b: float) -> bool:
-    """Whether two ratios name the same coreset file (`coreset_{ratio:.2f}.npz`)."""
-    return f"{a:.2f}" == f"{b:.2f}"
-
-
-def find_coresets(selection_dir: str | os.PathLike) -> dict[float, Path]:
-    """ratio -> coreset_{ratio:.2f}.npz in a selection folder (as `mint select` writes it)."""
-    folder = Path(selection_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"selection folder not found: {folder}")
-    found = {r: p for p in sorted(folder.glob("coreset_*.npz")) if (r := _ratio_of(p)) is not None}
-    if not found:
-        raise MintError(f"{folder} holds no coreset_*.npz files; run `mint select` with --output_dir {folder}")
-    return found
-
-
-def load_coreset(path: str | os.PathLike, n_records: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, weights) of a coreset .npz, checked against the dataset size when given."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            indices, weights = np.asarray(z["indices"], dtype=np.int64), np.asarray(z["weights"], dtype=np.float64)
-    except (KeyError, ValueError, OSError) as e:
-        raise MintError(f"{path}: not a coreset file with arrays `indices` and `weights` ({e})") from e
-    if n_records is not None and indices.size and indices.max() >= n_records:
-        raise MintError(
-            f"{path}: index {int(indices.max())} exceeds the dataset of {n_records} records; the coreset was "
-            "selected from a different data file"
-        )
-    return indices, weights
-
-
-def _check_selection_matches(selection_dir: Path, data_path: Path, n_records: int) -> None:
-    """Refuse a selection made on another dataset when its summary says so."""
-    from mint._io import read_json, sha256_file
-
-    summary_path = selection_dir / "summary.json"
-    if not summary_path.is_file():
-        return
-    summary = read_json(summary_path)
-    n = summary.get("N", summary.get("n"))
-    if isinstance(n, int) and n != n_records:
-        raise MintError(
-            f"{summary_path} says the selection was made over {n} examples but {data_path} holds {n_records} "
-            "records; pass the data file the features were computed from"
-        )
-    data = summary.get("data") if isinstance(summary.get("data"), dict) else {}
-    recorded = summary.get("data_sha256") or data.get("sha256")
-    if isinstance(recorded, str) and recorded != sha256_file(data_path):
-        raise MintError(f"{data_path} differs from the data file recorded in {summary_path} (sha256 mismatch); "
-                        "pass the file the selection was made from")
-
-
 def export_coreset(
     data_path: str | os.PathLike,
     selection_dir: str | os.PathLike,
@@ -256,43 +182,52 @@ def export_coreset(
     (default: the selection folder): per ratio `coreset_{r:.2f}.jsonl` (own schema + weight +
     source_index) and `coreset_{r:.2f}.messages.jsonl`, plus `dataset_info.json` (LLaMA-Factory),
     `axolotl_datasets.yaml` and `EXPORTS.md` for all of them. Returns ratio -> {kind: path}."""
-    import yaml
-
-    from mint._io import atomic_write_json, atomic_write_text
     from mint.records import read_records
 
     data_path, selection_dir = Path(data_path), Path(selection_dir)
     out_dir = Path(output_dir) if output_dir is not None else selection_dir
     records = read_records(data_path)
-    _check_selection_matches(selection_dir, data_path, len(records))
     schema = record_schema(records[0], f"{data_path}, record 0")
-    found = find_coresets(selection_dir)
+    found = list_coresets(selection_dir)
     if ratios is not None:
         missing = [r for r in ratios if not any(same_ratio(r, f) for f in found)]
         if missing:
             raise MintError(f"no coreset for ratio(s) {missing} in {selection_dir}; available: {sorted(found)}")
         found = {f: p for f, p in found.items() if any(same_ratio(r, f) for r in ratios)}
-
     result: dict[float, dict[str, Path]] = {}
+    for ratio, npz in sorted(found.items()):
+        coreset = load_coreset(npz)
+        check_source(coreset, data_path, len(records))
+        if coreset.weights is None:
+            raise MintError(f"{npz} has no 'weights' array; export the coresets written by `mint select`")
+        own = export_subset(records, coreset.indices, coreset.weights, out_dir / coreset_file(ratio, "jsonl"))
+        msgs = export_subset(records, coreset.indices, coreset.weights,
+                             out_dir / coreset_file(ratio, "messages.jsonl"), schema="messages")
+        result[ratio] = {"records": own, "messages": msgs}
+    _write_trainer_files(out_dir, result, name, schema)
+    return result
+
+
+def _write_trainer_files(out_dir: Path, exported: dict[float, dict[str, Path]], name: str, schema: str) -> None:
+    """dataset_info.json (LLaMA-Factory), axolotl_datasets.yaml and EXPORTS.md for the exported files."""
+    import yaml
+
+    from mint._io import atomic_write_json, atomic_write_text
+
     info: dict[str, Any] = {}
     stanzas: list[dict[str, Any]] = []
-    for ratio, npz in sorted(found.items()):
-        indices, weights = load_coreset(npz, len(records))
+    for ratio, paths in sorted(exported.items()):
         tag = f"{ratio:.2f}"
-        own = export_subset(records, indices, weights, out_dir / f"coreset_{tag}.jsonl")
-        msgs = export_subset(records, indices, weights, out_dir / f"coreset_{tag}.messages.jsonl", schema="messages")
-        result[ratio] = {"records": own, "messages": msgs}
-        info[f"{name}_{tag}"] = llamafactory_entry(msgs.name, "messages")
-        stanzas.append(axolotl_stanza(msgs.resolve(), "messages"))
+        info[f"{name}_{tag}"] = llamafactory_entry(paths["messages"].name, "messages")
+        stanzas.append(axolotl_stanza(paths["messages"].resolve(), "messages"))
         if schema == "alpaca":
-            info[f"{name}_{tag}_alpaca"] = llamafactory_entry(own.name, "alpaca")
+            info[f"{name}_{tag}_alpaca"] = llamafactory_entry(paths["records"].name, "alpaca")
     atomic_write_json(out_dir / "dataset_info.json", info)
     header = "# axolotl `datasets:` stanza for the exported coresets (pick one item per run).\n"
     header += "# " + WEIGHT_NOTE.replace("`", "") + "\n"
     stanza_text = yaml.safe_dump({"datasets": stanzas}, sort_keys=False)
     atomic_write_text(out_dir / "axolotl_datasets.yaml", header + stanza_text)
-    atomic_write_text(out_dir / "EXPORTS.md", _exports_readme(out_dir, name, sorted(result), schema))
-    return result
+    atomic_write_text(out_dir / "EXPORTS.md", _exports_readme(out_dir, name, sorted(exported), schema))
 
 
 def _exports_readme(out_dir: Path, name: str, ratios: list[float], schema: str) -> str:

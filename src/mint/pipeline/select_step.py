@@ -8,15 +8,17 @@ from typing import Sequence
 
 import numpy as np
 
+from mint._io import atomic_write_text
+from mint.choices import FEATURE_KINDS as KINDS
 from mint.errors import MintError
+from mint.pipeline.coresets import coreset_file, save_coreset
 from mint.selection import alpha as alpha_mod
-from mint.selection.core import KINDS, SelectionResult, _check_ratios, _check_settings, select_coreset
+from mint.selection.core import SelectionResult, select_coreset
+from mint.selection.validation import check_ratios, check_settings
 
 __all__ = ["run_selection", "load_feature_dir", "summary_text"]
 
 logger = logging.getLogger(__name__)
-
-# ----------------------------------------------------------------------------- files (mint select)
 
 _OUR_FILES = ("run.json", "summary.json", "summary.txt", "selection.npz", "alpha_curve.csv", "pareto.png", "plateau.png")
 
@@ -69,10 +71,6 @@ def _normalised(X, file):
         return (np.asarray(X, dtype=np.float32) / np.where(norms == 0, 1, norms)[:, None].astype(np.float32))
 
 
-def _coreset_name(ratio: float, ext: str) -> str:
-    return f"coreset_{ratio:.2f}.{ext}"
-
-
 def _prepare_output(out, run_key: str, overwrite: bool) -> None:
     from mint._io import read_json
 
@@ -97,11 +95,23 @@ def _prepare_output(out, run_key: str, overwrite: bool) -> None:
             p.unlink()
 
 
+def _available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo, the default limit of `mint select` (None where unreadable)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def run_selection(
     features_dir,
     output_dir,
     *,
-    ratios: Sequence[float] = (0.05, 0.1, 0.15),
+    ratios: Sequence[float] = (0.05,),
     method: str = "mint",
     alpha: float | None = None,
     alpha_method: str = "plateau",
@@ -120,37 +130,26 @@ def run_selection(
     progress: bool = True,
 ) -> SelectionResult:
     """`mint select`: read features from `features_dir`, select, and write to `output_dir`:
-    coreset_{ratio:.2f}.npz (indices, weights), coreset_{ratio:.2f}.jsonl when `data` is given,
-    selection.npz (order, gains), alpha_curve.csv, pareto.png, plateau.png (automatic alpha
-    only), summary.json and summary.txt. Every file is written atomically; summary.json last."""
+    coreset_{ratio:.2f}.npz (indices, weights, n, data_sha256; see `mint.pipeline.coresets`),
+    coreset_{ratio:.2f}.jsonl when `data` is given, selection.npz (order, gains),
+    alpha_curve.csv, pareto.png, plateau.png (automatic alpha only), summary.json (which lists
+    the coresets) and summary.txt. Every file is written atomically; summary.json last.
+    max_memory_gb: refuse above this estimate (None: the memory available now)."""
     import hashlib
     import json
     from pathlib import Path
 
-    from mint._io import atomic_save_npz, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file, versions
+    from mint._io import atomic_write_json
 
     t0 = time.perf_counter()
     out = Path(output_dir)
-    ratio_list = _check_ratios(ratios)
-    names = [_coreset_name(r, "npz") for r in ratio_list]
+    ratio_list = check_ratios(ratios)
+    names = [coreset_file(r) for r in ratio_list]
     if len(set(names)) != len(names):
         raise MintError(f"ratios {ratio_list} give the same file name at two decimals; use ratios that differ by >= 0.01")
-    _check_settings(method, alpha, alpha_method, coef, preheat_ratio, dtype)
+    check_settings(method, alpha, alpha_method, coef, preheat_ratio, dtype)
     features, inputs = load_feature_dir(features_dir)
-    n = np.shape(next(iter(features.values())))[0]
-    records = None
-    data_prov = None
-    if data is not None:
-        from mint.records import read_records
-
-        records = read_records(data)
-        if len(records) != n:
-            raise MintError(f"{data} has {len(records)} records but the features in {features_dir} describe {n} "
-                            "examples; pass the data file the features were computed from")
-        data_prov = {"path": str(data), "sha256": sha256_file(data), "records": len(records)}
-        if inputs.get("data_sha256") and inputs["data_sha256"] != data_prov["sha256"]:
-            raise MintError(f"{data} is not the file the features in {features_dir} were computed from "
-                            "(its sha256 differs from the one in their manifest); pass that file with --data")
+    records, data_prov = _read_data(data, features, inputs, features_dir)
     settings = {
         "method": method, "alpha": alpha, "alpha_method": alpha_method, "coef": list(coef) if coef is not None else None,
         "ratios": ratio_list, "preheat_ratio": preheat_ratio, "seed": seed, "dtype": str(np.dtype(dtype)),
@@ -161,22 +160,56 @@ def run_selection(
     _prepare_output(out, run_key, overwrite)
     atomic_write_json(out / "run.json", {"run_key": run_key, "settings": settings, "inputs": inputs, "data": data_prov})
 
+    limit = int(max_memory_gb * (1 << 30)) if max_memory_gb is not None else _available_bytes()
     res = select_coreset(
-        features, ratio_list, method=method, alpha=alpha, alpha_method=alpha_method, coef=coef,
+        features, ratios=ratio_list, method=method, alpha=alpha, alpha_method=alpha_method, coef=coef,
         preheat_ratio=preheat_ratio, seed=seed, dtype=dtype, n_jobs=n_jobs, plateau_min_alpha=plateau_min_alpha,
-        golden_tol=golden_tol, golden_max_iter=golden_max_iter, max_memory_gb=max_memory_gb, cache_distances=cache_distances,
-        progress=progress,
+        golden_tol=golden_tol, golden_max_iter=golden_max_iter, memory_limit_bytes=limit,
+        cache_distances=cache_distances, progress=progress,
     )
+    # the data file the coresets index into, recorded in every coreset file ("" when unknown)
+    data_sha256 = data_prov["sha256"] if data_prov else inputs.get("data_sha256") or ""
+    files = _write_outputs(out, res, ratio_list, records, data_sha256)
+    timings = {"wall_s": time.perf_counter() - t0}  # stage times are in the log, not in the result
+    summary = _summary(res, ratio_list, settings, inputs, data_prov, run_key, timings, files)
+    atomic_write_text(out / "summary.txt", summary_text(summary))
+    atomic_write_json(out / "summary.json", summary)
+    return res
+
+
+def _read_data(data, features, inputs: dict, features_dir) -> tuple[list | None, dict | None]:
+    """(records, provenance) of the data file the features came from, checked against them."""
+    if data is None:
+        return None, None
+    from mint._io import sha256_file
+    from mint.records import read_records
+
+    n = np.shape(next(iter(features.values())))[0]
+    records = read_records(data)
+    if len(records) != n:
+        raise MintError(f"{data} has {len(records)} records but the features in {features_dir} describe {n} "
+                        "examples; pass the data file the features were computed from")
+    data_prov = {"path": str(data), "sha256": sha256_file(data), "records": len(records)}
+    if inputs.get("data_sha256") and inputs["data_sha256"] != data_prov["sha256"]:
+        raise MintError(f"{data} is not the file the features in {features_dir} were computed from "
+                        "(its sha256 differs from the one in their manifest); pass that file with --data")
+    return records, data_prov
+
+
+def _write_outputs(out, res: SelectionResult, ratio_list: list[float], records, data_sha256: str) -> list[str]:
+    """Coresets (and their records), the greedy order, the alpha curve and plots; the file names."""
+    from mint._io import atomic_save_npz, atomic_write_bytes
+
     files = []
     for r in ratio_list:
         sub = res.subsets[r]
-        atomic_save_npz(out / _coreset_name(r, "npz"), indices=sub.indices, weights=sub.weights)
-        files.append(_coreset_name(r, "npz"))
+        save_coreset(out / coreset_file(r), sub.indices, sub.weights, n=res.n, data_sha256=data_sha256)
+        files.append(coreset_file(r))
         if records is not None:
             from mint.pipeline.export import export_subset
 
-            export_subset(records, sub.indices, sub.weights, out / _coreset_name(r, "jsonl"))
-            files.append(_coreset_name(r, "jsonl"))
+            export_subset(records, sub.indices, sub.weights, out / coreset_file(r, "jsonl"))
+            files.append(coreset_file(r, "jsonl"))
     atomic_save_npz(out / "selection.npz", order=res.order, gains=res.gains)
     files.append("selection.npz")
     if res.curve is not None:
@@ -186,12 +219,17 @@ def run_selection(
         atomic_write_bytes(out / "pareto.png", plots.pareto_png(res.curve))
         atomic_write_bytes(out / "plateau.png", plots.plateau_png(res.curve))
         files += ["alpha_curve.csv", "pareto.png", "plateau.png"]
-    timings = dict(res.timings, wall_s=time.perf_counter() - t0)
-    summary = {
+    return files
+
+
+def _summary(res: SelectionResult, ratio_list, settings, inputs, data_prov, run_key, timings, files) -> dict:
+    from mint._io import versions
+
+    return {
         "method": res.method, "alpha": res.alpha, "alpha_method": res.alpha_method, "coef": res.coef, "n": res.n,
-        "seed": seed, "dtype": settings["dtype"], "distance_strategy": res.settings["distance_strategy"],
+        "seed": res.seed, "dtype": settings["dtype"], "distance_strategy": res.settings["distance_strategy"],
         "subsets": [
-            {"ratio": r, "k": int(len(res.subsets[r].indices)), "file": _coreset_name(r, "npz"),
+            {"ratio": r, "k": int(len(res.subsets[r].indices)), "file": coreset_file(r),
              "e_pt": res.subsets[r].e_pt, "e_ifl": res.subsets[r].e_ifl,
              "weight_sum": float(res.subsets[r].weights.sum()), "max_weight": float(res.subsets[r].weights.max())}
             for r in ratio_list
@@ -203,9 +241,6 @@ def run_selection(
         "settings": settings, "inputs": inputs, "data": data_prov, "versions": versions(), "run_key": run_key,
         "timings": {k: round(v, 3) for k, v in timings.items()}, "files": files + ["summary.txt", "summary.json"],
     }
-    atomic_write_text(out / "summary.txt", summary_text(summary))
-    atomic_write_json(out / "summary.json", summary)
-    return res
 
 
 def summary_text(summary: dict) -> str:

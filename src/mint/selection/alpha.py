@@ -2,9 +2,9 @@
 step-aware plateau variant, and BRIEF's golden-section search.
 
 All of them evaluate alpha on a pre-sample: the greedy on `S_a = max(D_a) - D_a` with
-`D_a = d_PT / a + d_IFL / (1 - a)`, then `E_PT` and `E_IFL` of the chosen subset on the
-pre-sample. The two pre-sample distance matrices are computed once and shared by every alpha
-(and, through fork, by every worker process).
+`D_a = d_PT / a + d_IFL / (1 - a)` (`alpha_similarity`), then `E_PT` and `E_IFL` of the chosen
+subset on the pre-sample (`distances.min_distance_sum`). The two pre-sample distance matrices
+are computed once and shared by every alpha (and, through fork, by every worker process).
 """
 from __future__ import annotations
 
@@ -16,13 +16,15 @@ from typing import Callable
 
 import numpy as np
 
-from mint.selection.facility import lazy_greedy
+from mint.selection.distances import alpha_combination, combine_matrices, min_distance_sum
+from mint.selection.facility import lazy_greedy, similarity_from_distance
 
 __all__ = [
     "alpha_grid",
     "detect_plateau",
     "golden_search",
     "AlphaCurve",
+    "alpha_similarity",
     "evaluate_alpha",
     "scan_alphas",
 ]
@@ -31,8 +33,6 @@ logger = logging.getLogger(__name__)
 
 # First plateau start at or above this alpha is preferred (the reference's choice).
 PLATEAU_MIN_ALPHA = 0.95
-# Rows per chunk when forming D_a, so no second n x n temporary is made.
-_ROW_CHUNK = 256
 
 
 def alpha_grid() -> np.ndarray:
@@ -61,7 +61,7 @@ class Plateau:
 def detect_plateau(
     alphas: np.ndarray, e_ifl: np.ndarray, *, scaled: bool = False, min_alpha: float = PLATEAU_MIN_ALPHA
 ) -> Plateau:
-    """The plateau of `E_IFL` along the grid (shared/DESIGN.md section 3).
+    """The plateau of `E_IFL` along the grid (docs/design.md section 3).
 
     `diffs[i] = |E_IFL[i+1] - E_IFL[i]|` (divided by the grid step `alpha[i+1] - alpha[i]`
     when `scaled`), `sigma = max(1.4826 * MAD(diffs), 1e-8)`; grid index i+1 starts a plateau
@@ -152,33 +152,18 @@ class AlphaCurve:
         return "\n".join(lines) + "\n"
 
 
-def _alpha_similarity(d_pt: np.ndarray, d_ifl: np.ndarray, alpha: float, out: np.ndarray) -> np.ndarray:
-    """`S_a = max(D_a) - D_a` into `out`, row chunk by row chunk (no second n x n temporary)."""
-    n = d_pt.shape[0]
-    top = -np.inf
-    for s in range(0, n, _ROW_CHUNK):
-        e = min(s + _ROW_CHUNK, n)
-        np.divide(d_pt[s:e], alpha, out=out[s:e])
-        out[s:e] += d_ifl[s:e] / (1.0 - alpha)
-        top = max(top, out[s:e].max())  # while the chunk is still in cache
-    top = out.dtype.type(top)
-    np.subtract(top, out, out=out)
-    return out
-
-
-def min_distance_sum(d: np.ndarray, selected: np.ndarray) -> float:
-    """`E(T) = sum_i min_{j in T} d(i, j)` for a symmetric d (reads rows of T), float64."""
-    best = np.full(d.shape[0], np.inf, dtype=d.dtype)
-    for j in np.asarray(selected):
-        np.minimum(best, d[j], out=best)
-    return float(best.sum(dtype=np.float64))
+def alpha_similarity(d_pt: np.ndarray, d_ifl: np.ndarray, alpha: float, out: np.ndarray) -> np.ndarray:
+    """`S_a = max(D_a) - D_a` into `out` from the two whole distance matrices (no second n x n
+    temporary); the pre-sample scan and the cached full-N stage both use it."""
+    top = combine_matrices(alpha_combination(alpha), {"pt": d_pt, "ifl": d_ifl}, out)
+    return similarity_from_distance(out, out=out, top=top)
 
 
 def evaluate_alpha(d_pt, d_ifl, alpha: float, k: int, buffer: np.ndarray | None = None):
     """Greedy on the pre-sample for one alpha; returns (e_pt, e_ifl, order)."""
     if buffer is None:
         buffer = np.empty_like(d_pt)
-    S = _alpha_similarity(d_pt, d_ifl, alpha, buffer)
+    S = alpha_similarity(d_pt, d_ifl, alpha, buffer)
     order, _ = lazy_greedy(S, k, symmetric=True, nonnegative=True)
     return min_distance_sum(d_pt, order), min_distance_sum(d_ifl, order), order
 

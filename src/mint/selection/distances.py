@@ -5,14 +5,20 @@ N x N x D tensor. Square matrices are built from the upper block triangle and mi
 halves the matrix products and makes the result exactly symmetric with an exactly zero
 diagonal; the greedy relies on symmetry to read columns as contiguous rows.
 
-A combined distance `D = sum_K c_K d_K` (or MINT's `d_PT / a + d_IFL / (1 - a)`) is formed
-block by block from the features, so only the one N x N matrix the greedy needs is ever held.
+A combined distance `D = sum_K c_K d_K` (or MINT's `d_PT / a + d_IFL / (1 - a)`) is formed by
+one function, `Combination.apply`: block by block from the features (`combined_distances`, so
+only the one N x N matrix the greedy needs is ever held) or row chunk by row chunk from whole
+per-kind matrices (`combine_matrices`).
+
+The error of a subset, `E(T) = sum_i min_{j in T} d(i, j)`, is computed by one function,
+`prefix_min_sums`, for every prefix of a greedy order at once; the distance columns it reads
+come from a `DistanceColumns` source: a whole matrix or the features themselves.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -23,6 +29,10 @@ __all__ = [
     "pairwise_distances",
     "cross_distances",
     "combined_distances",
+    "combine_matrices",
+    "DistanceColumns",
+    "prefix_min_sums",
+    "min_distance_sum",
 ]
 
 logger = logging.getLogger(__name__)
@@ -30,6 +40,10 @@ logger = logging.getLogger(__name__)
 # Rows per block: a 2048 x 2048 float32 block is 16 MB, large enough for BLAS to run at full
 # speed and small enough to keep the working set bounded at any N.
 DEFAULT_BLOCK = 2048
+# Rows per chunk when combining whole matrices: a chunk stays in cache while its maximum is taken.
+_ROW_CHUNK = 256
+# Elements per gathered chunk of a whole matrix in `prefix_min_sums` (16 MB of float32).
+_GATHER_ELEMS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -43,14 +57,15 @@ class Combination:
     divide: bool  # True: d / factor, False: d * factor
 
     def apply(self, blocks: Mapping[str, np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
-        total = out
-        for kind, factor in zip(self.kinds, self.factors):
-            part = blocks[kind] / factor if self.divide else blocks[kind] * factor
-            if total is None:
-                total = part
+        """`D` from same-shaped per-kind distance arrays, written into `out` when given (which may
+        be a view, e.g. a row chunk of a larger matrix); the first kind is written, the others added."""
+        op = np.divide if self.divide else np.multiply
+        for i, (kind, factor) in enumerate(zip(self.kinds, self.factors)):
+            if i == 0:
+                out = op(blocks[kind], factor, out=out)  # out=None: a new array
             else:
-                np.add(total, part, out=total)
-        return total
+                np.add(out, op(blocks[kind], factor), out=out)
+        return out
 
 
 def alpha_combination(alpha: float) -> Combination:
@@ -151,3 +166,69 @@ def combined_distances(
 def pairwise_distances(X: np.ndarray, *, dtype=np.float32, block: int = DEFAULT_BLOCK) -> np.ndarray:
     """The symmetric (n, n) distance matrix of the rows of X, zero diagonal."""
     return combined_distances({"x": X}, Combination(("x",), (1.0,), divide=False), dtype=dtype, block=block)
+
+
+def combine_matrices(combination: Combination, matrices: Mapping[str, np.ndarray], out: np.ndarray) -> float:
+    """`combination` of whole per-kind (n, n) matrices into `out`, row chunk by row chunk (no
+    second n x n temporary). Returns `max(out)`, taken while each chunk is still in cache, for
+    `facility.similarity_from_distance(out, top=...)`."""
+    n = out.shape[0]
+    top = -np.inf
+    for s in range(0, n, _ROW_CHUNK):
+        e = min(s + _ROW_CHUNK, n)
+        chunk = combination.apply({k: matrices[k][s:e] for k in combination.kinds}, out=out[s:e])
+        top = max(top, chunk.max())
+    return top
+
+
+# ----------------------------------------------------------------------------- E(T)
+
+
+@dataclass(frozen=True)
+class DistanceColumns:
+    """Where `prefix_min_sums` reads distances from: `get(cols)` returns the (n, len(cols))
+    array `d(i, cols[c])` (self-distances exactly 0), for at most `chunk` columns at a time."""
+
+    get: Callable[[np.ndarray], np.ndarray]
+    n: int
+    dtype: np.dtype
+    chunk: int
+
+    @classmethod
+    def from_matrix(cls, d: np.ndarray) -> "DistanceColumns":
+        """A whole symmetric matrix: column j is read as the contiguous row d[j]."""
+        n = d.shape[0]
+        return cls(lambda cols: d[cols].T, n, d.dtype, max(1, _GATHER_ELEMS // max(n, 1)))
+
+    @classmethod
+    def from_features(cls, X: np.ndarray, *, dtype, block: int = DEFAULT_BLOCK) -> "DistanceColumns":
+        """Distances computed from the rows of X, `block` columns at a time (never n x n)."""
+
+        def get(cols: np.ndarray) -> np.ndarray:
+            d = cross_distances(X, np.asarray(X[cols]), dtype=dtype, block=block)
+            d[cols, np.arange(len(cols))] = 0  # self-distance exactly 0, as in the n x n matrices
+            return d
+
+        return cls(get, X.shape[0], np.dtype(dtype), block)
+
+
+def prefix_min_sums(source: DistanceColumns, order: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
+    """`E(order[:k]) = sum_i min_{j in order[:k]} d(i, j)` for every k in `ks`, in one pass over
+    chunks of the order. The running minimum is kept in the source's dtype (min is exact, so the
+    chunking does not change it); each sum is accumulated in float64."""
+    wanted = set(int(k) for k in ks)
+    best = np.full(source.n, np.inf, dtype=source.dtype)
+    out: dict[int, float] = {}
+    # chunk boundaries at every wanted k, so each sum is taken exactly after its prefix
+    bounds = sorted(set(range(0, max(wanted), source.chunk)) | wanted | {0})
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        np.minimum(best, source.get(order[s:e]).min(axis=1), out=best)
+        if e in wanted:
+            out[e] = float(best.sum(dtype=np.float64))
+    return out
+
+
+def min_distance_sum(d: np.ndarray, selected: np.ndarray) -> float:
+    """`E(T)` of one subset from a whole symmetric matrix, float64."""
+    selected = np.asarray(selected)
+    return prefix_min_sums(DistanceColumns.from_matrix(d), selected, [len(selected)])[len(selected)]

@@ -39,10 +39,11 @@ logger = logging.getLogger(__name__)
 _CHUNK_ELEMS = 1 << 22
 
 
-def similarity_from_distance(D: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+def similarity_from_distance(D: np.ndarray, *, out: np.ndarray | None = None, top: float | None = None) -> np.ndarray:
     """`S = max(D) - D` over the whole matrix (so S >= 0 and S(i, i) = max(D)). In place when
-    `out is D`."""
-    top = D.max()
+    `out is D`. `top`: max(D) when the caller already has it (`distances.combine_matrices`
+    returns it), which saves a pass over D."""
+    top = D.max() if top is None else D.dtype.type(top)
     if out is None:
         return top - D
     np.subtract(top, D, out=out)

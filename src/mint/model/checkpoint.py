@@ -1,0 +1,151 @@
+"""The files of a training run besides the adapter: the final AdamW state (``optimizer.safetensors``,
+which the warm-up hands to the gradient features) and the mid-run checkpoint an interrupted
+`mint.model.train.train_lora` resumes from.
+
+``optimizer.safetensors`` holds the AdamW state keyed by the adapter's parameter names
+(``<key>.exp_avg``, ``<key>.exp_avg_sq``, ``<key>.step``), with betas, eps and step as JSON in
+the one metadata key ``mint_adamw``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from mint.errors import MintError
+
+__all__ = ["OPTIMIZER_FILE", "save_optimizer_state", "load_optimizer_state", "save_checkpoint", "load_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer state
+
+
+def save_optimizer_state(model, optimizer, path: Path, *, betas, eps) -> None:
+    """The AdamW state of the LoRA weights of ``model`` into ``path`` (same state, same bytes)."""
+    import torch
+    from safetensors.torch import save
+
+    from mint._io import atomic_write_bytes
+    from mint.model.modeling import lora_named_parameters
+
+    tensors, step = {}, 0
+    for key, p in lora_named_parameters(model):
+        state = optimizer.state.get(p)
+        if not state:
+            raise MintError(f"no optimizer state for {key}; training made no step")
+        tensors[f"{key}.exp_avg"] = state["exp_avg"].detach().float().cpu().contiguous()
+        tensors[f"{key}.exp_avg_sq"] = state["exp_avg_sq"].detach().float().cpu().contiguous()
+        step = int(float(state["step"]))  # a tensor in torch's AdamW, a number in older versions
+        tensors[f"{key}.step"] = torch.tensor([float(step)], dtype=torch.float32)
+    # One metadata key: safetensors writes its metadata map in no fixed order, and the same run
+    # must give the same bytes.
+    meta = {"mint_adamw": json.dumps({"format": 1, "betas": list(betas), "eps": float(eps), "step": step},
+                                     sort_keys=True)}
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def load_optimizer_state(folder: str | os.PathLike) -> dict[str, Any]:
+    """The AdamW state saved by `mint.model.train.train_lora` in ``folder``: ``{"exp_avg": {key:
+    Tensor}, "exp_avg_sq": {key: Tensor}, "step": int, "betas": (b1, b2), "eps": float}``, keys as
+    in the adapter file. Raises `MintError` when it is missing or does not match the adapter."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    path = folder / OPTIMIZER_FILE
+    if not path.is_file():
+        raise MintError(f"{folder} holds no optimizer state ({OPTIMIZER_FILE} missing), which the 'adam' gradient "
+                        "type needs; run `mint warmup` into a fresh folder (it saves the state) or use grad_type sgd")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    tensors = load_file(str(path))
+    exp_avg = {k[: -len(".exp_avg")]: v for k, v in tensors.items() if k.endswith(".exp_avg")}
+    exp_avg_sq = {k[: -len(".exp_avg_sq")]: v for k, v in tensors.items() if k.endswith(".exp_avg_sq")}
+    adapter_file = folder / "adapter" / "adapter_model.safetensors"
+    if adapter_file.is_file():
+        with safe_open(str(adapter_file), framework="pt") as f:  # the names only, not the tensors
+            adapter_keys = set(f.keys())
+        if set(exp_avg) != adapter_keys or set(exp_avg_sq) != adapter_keys:
+            raise MintError(f"{path} does not match the adapter in {folder / 'adapter'} (parameter names differ); "
+                            "rerun `mint warmup` into a fresh folder")
+    try:
+        hyper = json.loads(meta["mint_adamw"])
+        betas = tuple(float(b) for b in hyper["betas"])
+        eps, step = float(hyper["eps"]), int(hyper["step"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise MintError(f"{path}: optimizer metadata (betas, eps, step) missing or invalid; rerun `mint warmup`") from e
+    return {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "step": step, "betas": betas, "eps": eps}
+
+
+# ---------------------------------------------------------------------------------------------
+# Mid-run checkpoints
+
+
+def save_checkpoint(path: Path, config: dict, step: int, model, optimizer, scheduler, history) -> None:
+    """Everything a run needs to continue after optimizer step ``step``, torch's RNG included."""
+    import io
+
+    import torch
+
+    from mint._io import atomic_write_bytes
+    from mint.model.modeling import lora_named_parameters
+
+    state = {
+        "config_json": json.dumps(config, sort_keys=True),
+        "step": step,
+        "lora": {k: p.detach().cpu().clone() for k, p in lora_named_parameters(model)},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        # CUDA generators only for a model on CUDA: a CPU run neither uses nor initialises them
+        "cuda_rng": torch.cuda.get_rng_state_all() if _on_cuda(model) else [],
+        "history_json": json.dumps(history),
+    }
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    log.debug("checkpoint after step %d -> %s", step, path)
+
+
+def load_checkpoint(path: Path, config: dict, model, optimizer, scheduler, history: list) -> int:
+    """Restore the state saved by `save_checkpoint` when it belongs to this config; the number
+    of optimizer steps already done (0 when there is nothing to resume)."""
+    import torch
+
+    from mint.model.modeling import lora_named_parameters
+
+    if not path.is_file():
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a checkpoint is an optimisation: a broken one means starting over
+        log.warning("ignoring unreadable checkpoint %s (%s); starting over", path, e)
+        return 0
+    if state.get("config_json") != json.dumps(config, sort_keys=True):
+        log.info("checkpoint %s belongs to other settings; starting over", path)
+        return 0
+    params = dict(lora_named_parameters(model))
+    if set(params) != set(state["lora"]):
+        log.warning("checkpoint %s does not match the adapter; starting over", path)
+        return 0
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(state["lora"][k].to(p.device, p.dtype))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and _on_cuda(model):
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    history.extend(json.loads(state["history_json"]))
+    return int(state["step"])
+
+
+def _on_cuda(model) -> bool:
+    return next(model.parameters()).device.type == "cuda"

@@ -1,0 +1,287 @@
+"""The steps of `mint run`, one module-level function each, and the table that orders them.
+
+Two layers:
+
+- *step calls* (`warmup_call`, `grads_call`, `select_call`, `train_call`, `eval_call`): the one
+  place where configuration keys become the keyword options of a library function. `mint run`
+  and the subcommands (`mint warmup`, `mint grads`, ...) both go through them, so a key means
+  the same thing everywhere.
+- *pipeline steps* (`data`, `warmup`, `grads`, ...; listed in `STEPS`): each computes the key of
+  its work (the sha256 of its settings, its inputs' hashes and the keys of the steps it reads)
+  and hands it to `Run.step`, which skips work whose finished record carries the same key
+  (see `mint.pipeline.runner`).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from mint._io import read_json, sha256_bytes, sha256_file
+from mint.errors import MintError
+from mint.pipeline.config import RunConfig
+
+__all__ = ["STEPS", "DEMO_DATA_VERSION", "render_options", "lora_settings", "warmup_call", "grads_call",
+           "select_call", "train_call", "eval_call"]
+
+log = logging.getLogger(__name__)
+
+DEMO_DATA_VERSION = 1  # bump when mint.pipeline.demo_data changes what it generates
+
+
+# ----------------------------------------------------------------------------- config -> library calls
+
+
+def render_options(cfg: RunConfig) -> dict[str, Any]:
+    """How records become token ids: the same for every step that reads data."""
+    d = cfg.data
+    return {"schema": d.schema, "template": d.template, "max_length": d.max_length, "long_prompts": d.long_prompts}
+
+
+def lora_settings(cfg: RunConfig):
+    from mint.model.modeling import LoraSettings
+
+    tm = tuple(cfg.lora.target_modules) if cfg.lora.target_modules else None
+    return LoraSettings(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, target_modules=tm)
+
+
+def warmup_call(cfg: RunConfig, train_path: Path, folder: Path, **options: Any) -> Path:
+    from mint.model.warmup import run_warmup
+
+    w = cfg.warmup
+    return run_warmup(cfg.model.name, train_path, folder, sample_ratio=w.sample_ratio, epochs=w.epochs, lr=w.lr,
+                      batch_size=w.batch_size, grad_accum=w.grad_accum, lora=lora_settings(cfg), seed=cfg.seed,
+                      device=cfg.model.device, dtype=cfg.model.dtype, **render_options(cfg), **options)
+
+
+def grads_call(cfg: RunConfig, train_path: Path, warmup_dir: Path, folder: Path, **options: Any) -> Path:
+    from mint.model.features import compute_features
+
+    g = cfg.grads
+    options.setdefault("proj_dim", g.proj_dim)
+    return compute_features(cfg.model.name, train_path, warmup_dir, folder, grad_type=g.grad_type,
+                            batch_size=g.batch_size, seed=cfg.seed, device=cfg.model.device, dtype=cfg.model.dtype,
+                            **render_options(cfg), **options)
+
+
+def select_call(cfg: RunConfig, features_dir: Path, folder: Path, data_path: Path | None, **options: Any):
+    from mint.pipeline.select_step import run_selection
+
+    s = cfg.selection
+    return run_selection(features_dir, folder, ratios=s.ratios, method=s.method, alpha=s.alpha,
+                         alpha_method=s.alpha_method, coef=s.coef, preheat_ratio=s.preheat_ratio, seed=cfg.seed,
+                         data=data_path, **options)
+
+
+def train_call(cfg: RunConfig, train_path: Path, folder: Path, *, indices, weights, weighting: str,
+               **options: Any) -> Path:
+    from mint.model.train import train_lora
+
+    t = cfg.train
+    return train_lora(cfg.model.name, train_path, folder, indices=indices, weights=weights, weighting=weighting,
+                      epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, grad_accum=t.grad_accum,
+                      lora=lora_settings(cfg), seed=cfg.seed, device=cfg.model.device, dtype=cfg.model.dtype,
+                      **render_options(cfg), **options)
+
+
+def eval_call(cfg: RunConfig, eval_path: Path, adapter: Path | None, folder: Path | None, **options: Any) -> dict:
+    from mint.model.evaluate import evaluate
+
+    e = cfg.eval
+    return evaluate(cfg.model.name, eval_path, adapter=adapter, output_dir=folder, batch_size=e.batch_size,
+                    generate=e.generate, max_new_tokens=e.max_new_tokens, generate_limit=e.generate_limit,
+                    device=cfg.model.device, dtype=cfg.model.dtype, **render_options(cfg), **options)
+
+
+# ----------------------------------------------------------------------------- the pipeline steps
+
+
+@dataclass
+class Context:
+    """What the steps of one `mint run` share; filled in as the steps run."""
+
+    cfg: RunConfig
+    run: Any  # mint.pipeline.runner.Run: .step(name, inputs, fn), .rel(path), .abs(rel)
+    train_path: Path | None = None
+    eval_path: Path | None = None
+    n_records: int = 0
+    common: dict = field(default_factory=dict)  # inputs every model step depends on
+    keys: dict = field(default_factory=dict)  # step name -> key of its finished record
+    select_dir: Path | None = None
+    coreset: dict = field(default_factory=dict)  # ratio, k, indices, weights of the trained coreset
+    trained: dict = field(default_factory=dict)  # model label -> StepInfo of its training step
+    metrics: dict = field(default_factory=dict)  # model label -> metrics.json contents
+
+
+def data(ctx: Context) -> None:
+    """Write the built-in demo data into the run, or fingerprint the user's files."""
+    cfg = ctx.cfg
+
+    def do(folder: Path) -> dict:
+        if cfg.data.train is None:
+            from mint.pipeline.demo_data import write_demo_data
+
+            train, held = write_demo_data(folder, cfg.data.demo_examples, cfg.data.demo_eval_examples)
+            return {"train": ctx.run.rel(train), "eval": ctx.run.rel(held), "builtin": True}
+        if cfg.data.eval:
+            _check_eval_schema(Path(cfg.data.train), Path(cfg.data.eval))
+        return {"train": str(Path(cfg.data.train).resolve()), "builtin": False,
+                "eval": str(Path(cfg.data.eval).resolve()) if cfg.data.eval else None}
+
+    if cfg.data.train is None:
+        inputs = {"demo": DEMO_DATA_VERSION, "n_train": cfg.data.demo_examples, "n_eval": cfg.data.demo_eval_examples}
+    else:
+        inputs = {"train": str(cfg.data.train), "train_sha256": sha256_file(cfg.data.train), "eval": str(cfg.data.eval),
+                  "eval_sha256": sha256_file(cfg.data.eval) if cfg.data.eval else None}
+    info = ctx.run.step("data", inputs, do)
+    where = ctx.run.abs if info.outputs["builtin"] else Path
+    ctx.train_path = where(info.outputs["train"])
+    ctx.eval_path = where(info.outputs["eval"]) if info.outputs.get("eval") else None
+    from mint.records import read_records
+
+    ctx.n_records = len(read_records(ctx.train_path))
+    # the training file's own hash, not the data step's key: a new held-out file redoes only the evaluations
+    ctx.common = {"model": cfg.model.name, "train_sha256": sha256_file(ctx.train_path),
+                  "render": render_options(cfg), "seed": cfg.seed}
+
+
+def _check_eval_schema(train_path: Path, eval_path: Path) -> None:
+    from mint.records import detect_schema, read_records
+
+    a, b = detect_schema(read_records(train_path)[0]), detect_schema(read_records(eval_path)[0])
+    if a != b:
+        raise MintError(f"the evaluation file {eval_path} is in the {b} schema but the training data {train_path} "
+                        f"is {a}; convert one of them so both use the same schema")
+
+
+def warmup(ctx: Context) -> None:
+    cfg = ctx.cfg
+    inputs = {**ctx.common, "lora": asdict(cfg.lora), "warmup": asdict(cfg.warmup), "device": cfg.model.device,
+              "dtype": cfg.model.dtype}
+
+    def do(folder: Path) -> dict:
+        warmup_call(cfg, ctx.train_path, folder)
+        return {"dir": ctx.run.rel(folder)}
+
+    ctx.keys["warmup"] = ctx.run.step("warmup", inputs, do)
+
+
+def grads(ctx: Context) -> None:
+    cfg, warm = ctx.cfg, ctx.keys["warmup"]
+    inputs = {"warmup": warm.key, "grads": asdict(cfg.grads), "render": render_options(cfg), "seed": cfg.seed,
+              "device": cfg.model.device, "dtype": cfg.model.dtype}
+
+    def do(folder: Path) -> dict:
+        grads_call(cfg, ctx.train_path, ctx.run.abs(warm.outputs["dir"]), folder)
+        return {"dir": ctx.run.rel(folder)}
+
+    ctx.keys["grads"] = ctx.run.step("grads", inputs, do)
+
+
+def select(ctx: Context) -> None:
+    cfg, grads_info = ctx.cfg, ctx.keys["grads"]
+
+    def do(folder: Path) -> dict:
+        result = select_call(cfg, ctx.run.abs(grads_info.outputs["dir"]), folder, ctx.train_path, overwrite=True)
+        return {"dir": ctx.run.rel(folder), "alpha": result.alpha}
+
+    info = ctx.run.step("select", {"grads": grads_info.key, "selection": asdict(cfg.selection), "seed": cfg.seed}, do)
+    ctx.keys["select"] = info
+    ctx.select_dir = ctx.run.abs(info.outputs["dir"])
+
+
+def export(ctx: Context) -> None:
+    def do(folder: Path) -> dict:
+        from mint.pipeline.export import export_coreset
+
+        out = export_coreset(ctx.train_path, ctx.select_dir, folder)
+        return {"dir": ctx.run.rel(folder), "ratios": sorted(out)}
+
+    ctx.keys["export"] = ctx.run.step("export", {"select": ctx.keys["select"].key}, do)
+
+
+def _trained_coreset(ctx: Context) -> dict:
+    """The coreset of `train.ratio`, as listed by the select step's summary.json."""
+    from mint.pipeline.coresets import check_source, list_coresets, load_coreset, same_ratio
+
+    ratio = ctx.cfg.train_ratio()
+    found = list_coresets(ctx.select_dir)
+    match = [r for r in found if same_ratio(r, ratio)]
+    if not match:
+        raise MintError(f"no coreset for train.ratio {ratio} in {ctx.select_dir}; it has {sorted(found)}")
+    coreset = load_coreset(found[match[0]])
+    check_source(coreset, ctx.train_path, ctx.n_records)
+    return {"ratio": ratio, "k": len(coreset.indices), "indices": coreset.indices, "weights": coreset.weights}
+
+
+def train(ctx: Context) -> None:
+    """train_coreset, then train_random and train_full when asked, all with the same settings."""
+    cfg, t = ctx.cfg, ctx.cfg.train
+    ctx.coreset = _trained_coreset(ctx)
+    settings = {"epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size, "grad_accum": t.grad_accum}
+    common = {**ctx.common, "lora": asdict(cfg.lora), "train": settings, "device": cfg.model.device,
+              "dtype": cfg.model.dtype}
+
+    def trainer(idx, w, weighting) -> Callable[[Path], dict]:
+        def do(folder: Path) -> dict:
+            out = train_call(cfg, ctx.train_path, folder, indices=idx, weights=w, weighting=weighting, overwrite=True)
+            return {"adapter": ctx.run.rel(Path(out) / "adapter"),
+                    "n_train": len(idx) if idx is not None else ctx.n_records}
+        return do
+
+    c = ctx.coreset
+    ctx.trained["coreset"] = ctx.run.step(
+        "train_coreset", {**common, "select": ctx.keys["select"].key, "ratio": c["ratio"], "weighting": t.weighting},
+        trainer(c["indices"], c["weights"], t.weighting))
+    if t.random_baseline:
+        from mint.model.warmup import random_subset_indices
+
+        # the same subset as `mint train --random RATIO`, from a stream apart from the warm-up sample's
+        rand_idx = random_subset_indices(ctx.n_records, c["ratio"], cfg.seed)
+        ctx.trained["random"] = ctx.run.step(
+            "train_random", {**common, "n": ctx.n_records, "indices_sha256": sha256_bytes(rand_idx.tobytes())},
+            trainer(rand_idx, None, "none"))
+    if t.full_baseline:
+        ctx.trained["full"] = ctx.run.step("train_full", {**common, "n": ctx.n_records}, trainer(None, None, "none"))
+
+
+def evaluate(ctx: Context) -> None:
+    """eval/<label> for the base model and every trained adapter, on the held-out file."""
+    cfg = ctx.cfg
+    if ctx.eval_path is None:
+        log.warning("no held-out file (data.eval): evaluation skipped")
+        return
+    e = cfg.eval
+    inputs = {"model": cfg.model.name, "eval_data": sha256_file(ctx.eval_path), "render": render_options(cfg),
+              "eval": {k: v for k, v in asdict(e).items() if k != "base"}, "device": cfg.model.device,
+              "dtype": cfg.model.dtype}
+    loaded: list[Any] = []  # the base model, loaded once for every evaluation that runs
+
+    def evaluator(label: str) -> Callable[[Path], dict]:
+        def do(folder: Path) -> dict:
+            from mint.model.modeling import load_model_and_tokenizer
+
+            if not loaded:
+                loaded.append(load_model_and_tokenizer(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype))
+            adapter = ctx.run.abs(ctx.trained[label].outputs["adapter"]) if label != "base" else None
+            eval_call(cfg, ctx.eval_path, adapter, folder, model_and_tokenizer=loaded[0])
+            return {"metrics": ctx.run.rel(folder / "metrics.json")}
+        return do
+
+    for label in (["base"] if e.base else []) + list(ctx.trained):
+        upstream = ctx.trained[label].key if label != "base" else None
+        info = ctx.run.step(f"eval/{label}", {**inputs, "adapter_step": upstream}, evaluator(label))
+        ctx.metrics[label] = read_json(ctx.run.abs(info.outputs["metrics"]))
+
+
+# The pipeline, in order. Each entry reads what the earlier ones left in the Context.
+STEPS: tuple[tuple[str, Callable[[Context], None]], ...] = (
+    ("data", data),
+    ("warmup", warmup),
+    ("grads", grads),
+    ("select", select),
+    ("export", export),
+    ("train", train),
+    ("eval", evaluate),
+)
