@@ -1,5 +1,6 @@
 """One source of truth for defaults: every library function's keyword defaults equal the config
-defaults of the keys they stand for (so `mint run`, the subcommands and a library call agree)."""
+defaults of the keys they stand for (so `mint run`, the subcommands and a library call agree).
+The LoRA settings need no such test: the config's `lora` section is `LoraSettings` itself."""
 from __future__ import annotations
 
 import inspect
@@ -49,11 +50,3 @@ def test_library_defaults_are_the_config_defaults(index):
     wrong = {k: (have.get(k, "<no default>"), v) for k, v in expected.items()
              if not (k in have and (list(have[k]) if isinstance(have[k], tuple) else have[k]) == v)}
     assert not wrong, f"{fn.__module__}.{fn.__name__}: (library, config) defaults differ: {wrong}"
-
-
-def test_default_lora_is_the_config_lora():
-    from mint.model.modeling import LoraSettings
-
-    d = LoraSettings()
-    assert (d.r, d.alpha, d.dropout, d.target_modules) == (CFG.lora.r, CFG.lora.alpha, CFG.lora.dropout,
-                                                            CFG.lora.target_modules)

@@ -1,6 +1,6 @@
 """Held-out evaluation of a base model, optionally with a LoRA adapter.
 
-Losses are the ones MINT is built on (shared/DESIGN.md section 1), over the response tokens only:
+Losses are the ones MINT is built on (docs/design.md section 1), over the response tokens only:
 
 - ``sft_loss``: mean over examples of each example's response-token mean cross entropy given the
   prompt (the instruction-tuning loss); ``pt_loss`` the same without the prompt; ``ifl_loss`` =

@@ -1,4 +1,4 @@
-"""The gradient-feature step (DESIGN section 2): data + base model + warm-up adapter -> feature
+"""The gradient-feature step (docs/design.md section 2): data + base model + warm-up adapter -> feature
 store (`mint.model.store`). The tensor maths (per-example gradients, preconditioning, one shard's
 features) is in `mint.model.gradients`; this module loads, checks, records and distributes.
 
@@ -40,7 +40,7 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     `output_dir` (see `mint.model.store`); returns `output_dir`. Resumes an interrupted run.
 
     proj_dim: an int, a list of ints (all from one pass), or None for raw gradients.
-    grad_type: adam (warm-up AdamW state, DESIGN section 2), sgd or sign.
+    grad_type: adam (warm-up AdamW state, docs/design.md section 2), sgd or sign.
     batch_size: examples per forward/backward pass (results do not depend on it beyond float
     rounding). long_prompts: `error` or `truncate` for prompts that alone fill max_length (see
     `mint.model.data.tokenize_examples`). shard_size: examples per resumable shard, also the number

@@ -1,4 +1,4 @@
-"""Per-example gradient features of L_SFT and L_PT w.r.t. the LoRA weights (DESIGN section 2).
+"""Per-example gradient features of L_SFT and L_PT w.r.t. the LoRA weights (docs/design.md section 2).
 
 Batched, exact per-example gradients. A LoRA adapter is made of plain `nn.Linear` layers
 (`lora_A`, `lora_B`), and the weight gradient of a linear layer `y = x W^T (+ b)` for one

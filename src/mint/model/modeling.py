@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -213,12 +213,20 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass
 class LoraSettings:
-    r: int = 8  # rank: small adapters keep CPU training and gradient features cheap (LESS used 128 on GPUs)
-    alpha: float = 16.0  # scaling alpha/r = 2, the common LoRA default
-    dropout: float = 0.05  # peft's usual value; gradient extraction runs in eval mode and never sees it
-    target_modules: tuple[str, ...] | None = None  # None: DEFAULT_TARGET_MODULES for the architecture
+    """The LoRA adapter: the keyword of `mint.model.train.train_lora` and, the same class, the
+    `lora` section of the run config (`mint.pipeline.config`), whose help texts these are."""
+
+    # rank: small adapters keep CPU training and gradient features cheap (LESS used 128 on GPUs)
+    r: int = field(default=8, metadata={"help": "LoRA rank (LESS/MINT used 128 on GPUs)"})
+    # scaling alpha/r = 2, the common LoRA default
+    alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (lora_alpha)"})
+    # peft's usual value; gradient extraction runs in eval mode and never sees it
+    dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    target_modules: list[str] | None = field(default=None, metadata={
+        "help": "module names to adapt; empty = per-architecture default (q_proj k_proj v_proj o_proj for "
+                "Llama-like models)"})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,4 +1,4 @@
-"""Seeded random projections of gradient features (DESIGN section 2, step 4).
+"""Seeded random projections of gradient features (docs/design.md section 2, step 4).
 
 One matrix `P` of shape (grad_dim, max(proj_dims)) is shared by every feature kind, so the
 projection commutes with the SFT - PT difference. `P` is never materialised whole: for

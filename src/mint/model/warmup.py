@@ -1,4 +1,4 @@
-"""Warm-up (DESIGN section 2, step 1): a short LoRA training on a seeded random sample of the data,
+"""Warm-up (docs/design.md section 2, step 1): a short LoRA training on a seeded random sample of the data,
 unit weights, keeping the adapter and the AdamW state that the gradient features need.
 
 It is `mint.model.train.train_lora` on ``sample_ratio`` of the records, drawn with

@@ -19,9 +19,10 @@ from typing import Any
 
 from mint import choices
 from mint.errors import MintError
+from mint.model.modeling import LoraSettings  # light: torch loads inside its functions only
 
 __all__ = [
-    "DataConfig", "ModelConfig", "LoraConfig", "WarmupConfig", "GradsConfig", "SelectionConfig",
+    "DataConfig", "ModelConfig", "LoraSettings", "WarmupConfig", "GradsConfig", "SelectionConfig",
     "TrainConfig", "EvalConfig", "RunConfig", "DEMO_PRESET", "load_config", "parse_overrides",
     "iter_fields", "save_config",
 ]
@@ -57,15 +58,6 @@ class ModelConfig:
     device: str = _f("auto", "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
     dtype: str = _f("auto", "auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16",
                     choices=choices.DTYPES)
-
-
-@dataclass
-class LoraConfig:
-    r: int = _f(8, "LoRA rank (LESS/MINT used 128 on GPUs)")
-    alpha: float = _f(16.0, "LoRA scaling numerator (lora_alpha)")
-    dropout: float = _f(0.05, "LoRA dropout")
-    target_modules: list[str] | None = _f(None, "module names to adapt; empty = per-architecture default "
-                                                "(q_proj k_proj v_proj o_proj for Llama-like models)")
 
 
 @dataclass
@@ -129,7 +121,7 @@ class RunConfig:
     threads: int | None = _f(None, "torch CPU threads; empty = torch's default")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)  # the model package's own class
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     grads: GradsConfig = field(default_factory=GradsConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)

@@ -70,7 +70,7 @@ def write_report(run_dir: Path, cfg, infos: dict, metrics: dict[str, dict], *, s
                  wall_seconds: float) -> Path:
     """Write `report.md` and `summary.json` into `run_dir`; returns the report's path."""
     sel = _selection_summary(select_dir)
-    alpha = sel.get("alpha")
+    rows = _subset_rows(sel)
     lines = [
         "# MINT run report", "",
         f"- model: `{cfg.model.name}`",
@@ -79,21 +79,8 @@ def write_report(run_dir: Path, cfg, infos: dict, metrics: dict[str, dict], *, s
         f"- held-out data: {_held_out(cfg, eval_path, run_dir)}",
         f"- config: [config.yaml](config.yaml) (rerun: `mint run --config {run_dir / 'config.yaml'}`)",
         f"- written {time.strftime('%Y-%m-%d %H:%M:%S')}; this invocation took {wall_seconds:.1f} s", "",
-        "## Selection", "",
-        f"- method: {sel.get('method', cfg.selection.method)}; alpha: {_fmt(alpha)}"
-        + (f" (automatic, {sel.get('alpha_method')})" if sel.get("alpha_method") else ""),
     ]
-    rows = _subset_rows(sel)
-    if rows:
-        lines += ["", "| ratio | examples | E_PT | E_IFL |", "|---:|---:|---:|---:|"]
-        lines += [f"| {r['ratio']:.2f} | {_fmt(r['k'])} | {_fmt(r['e_pt'], 2)} | {_fmt(r['e_ifl'], 2)} |" for r in rows]
-    plots = [p for p in ("pareto.png", "plateau.png", "alpha_curve.csv") if (select_dir / p).is_file()]
-    if plots:
-        lines += ["", "Alpha search: " + ", ".join(f"[{p}]({_rel(select_dir / p, run_dir)})" for p in plots)]
-    if "export" in infos:
-        exp = run_dir / infos["export"].outputs.get("dir", "export")
-        lines += ["", f"Exports (records with `weight`, chat variant, LLaMA-Factory and axolotl entries): "
-                      f"[{_rel(exp, run_dir)}/]({_rel(exp / 'EXPORTS.md', run_dir)})"]
+    lines += _selection_section(run_dir, cfg, infos, sel, rows, select_dir)
     lines += ["", "## Training", "",
               f"- coreset ratio {train_ratio:.2f}: {k} of {n_records} examples, weighting `{cfg.train.weighting}`, "
               f"epochs {cfg.train.epochs:g}, lr {cfg.train.lr:g}, LoRA r={cfg.lora.r}"]
@@ -101,51 +88,14 @@ def write_report(run_dir: Path, cfg, infos: dict, metrics: dict[str, dict], *, s
         lines.append(f"- random baseline: {k} examples drawn uniformly (seed {cfg.seed}), unit weights")
     if "full" in metrics or "train_full" in infos:
         lines.append(f"- full-data baseline: all {n_records} examples, unit weights")
-
     if metrics:
-        gen = any("generation" in m for m in metrics.values())
-        lines += ["", "## Held-out evaluation", "",
-                  "Response-token losses (lower is better); perplexity = exp(token-weighted SFT loss).", "",
-                  "| model | SFT loss | PT loss | IFL loss | perplexity |"
-                  + (" exact match | ROUGE-L |" if gen else ""),
-                  "|---|---:|---:|---:|---:|" + ("---:|---:|" if gen else "")]
-        for label in [m for m in MODEL_ROWS if m in metrics]:
-            m = metrics[label]
-            row = (f"| {_ROW_NAMES[label]} | {_fmt(m['sft_loss'])} | {_fmt(m['pt_loss'])} | {_fmt(m['ifl_loss'])} "
-                   f"| {_fmt(m['perplexity'], 2)} |")
-            if gen:
-                g = m.get("generation") or {}
-                row += f" {_fmt(g.get('exact_match'), 3)} | {_fmt(g.get('rouge_l'), 3)} |"
-            lines.append(row)
-        if "base" in metrics and "coreset" in metrics:
-            delta = metrics["coreset"]["sft_loss"] - metrics["base"]["sft_loss"]
-            lines += ["", f"Coreset training changed the held-out SFT loss by {delta:+.4f} relative to the base model"
-                          + (f" (random subset: {metrics['random']['sft_loss'] - metrics['base']['sft_loss']:+.4f})"
-                             if "random" in metrics else "") + "."]
-        tasks = sorted({t for m in metrics.values() for t in (m.get("per_task") or {})})
-        if tasks:
-            labels = [m for m in MODEL_ROWS if m in metrics]
-            lines += ["", "### SFT loss per task", "", "| task | n | " + " | ".join(labels) + " |",
-                      "|---|---:|" + "---:|" * len(labels)]
-            for task in tasks:
-                n = next((m["per_task"][task]["n_examples"] for m in metrics.values()
-                          if task in m.get("per_task", {})), "")
-                vals = [_fmt((metrics[lab].get("per_task") or {}).get(task, {}).get("sft_loss")) for lab in labels]
-                lines.append(f"| {task} | {n} | " + " | ".join(vals) + " |")
-        lines += ["", "Benchmarks: hand an adapter to lm-evaluation-harness, e.g.", "", "```",
-                  (metrics.get("coreset") or next(iter(metrics.values())))["provenance"]["lm_eval"], "```"]
-
-    lines += ["", "## Time per step", "", "| step | seconds | this invocation |", "|---|---:|---|"]
-    total = 0.0
-    for name, info in infos.items():
-        total += info.seconds
-        lines.append(f"| {name} | {info.seconds:.1f} | {'ran' if info.ran else 'up to date, skipped'} |")
-    lines += [f"| total (all steps) | {total:.1f} | |", ""]
+        lines += _evaluation_section(metrics)
+    lines += _time_section(infos)
     report = atomic_write_text(run_dir / "report.md", "\n".join(lines))
 
     summary = {
-        "model": cfg.model.name, "n_records": n_records, "alpha": alpha, "train_ratio": train_ratio, "k": k,
-        "subsets": rows,
+        "model": cfg.model.name, "n_records": n_records, "alpha": sel.get("alpha"), "train_ratio": train_ratio,
+        "k": k, "subsets": rows,
         "metrics": {label: {key: m.get(key) for key in ("sft_loss", "pt_loss", "ifl_loss", "perplexity")}
                     | ({"exact_match": m["generation"].get("exact_match"), "rouge_l": m["generation"].get("rouge_l")}
                        if m.get("generation") else {})
@@ -156,6 +106,71 @@ def write_report(run_dir: Path, cfg, infos: dict, metrics: dict[str, dict], *, s
     }
     atomic_write_json(run_dir / "summary.json", summary)
     return report
+
+
+def _selection_section(run_dir: Path, cfg, infos: dict, sel: dict, rows: list[dict], select_dir: Path) -> list[str]:
+    lines = ["## Selection", "",
+             f"- method: {sel.get('method', cfg.selection.method)}; alpha: {_fmt(sel.get('alpha'))}"
+             + (f" (automatic, {sel.get('alpha_method')})" if sel.get("alpha_method") else "")]
+    if rows:
+        lines += ["", "| ratio | examples | E_PT | E_IFL |", "|---:|---:|---:|---:|"]
+        lines += [f"| {r['ratio']:.2f} | {_fmt(r['k'])} | {_fmt(r['e_pt'], 2)} | {_fmt(r['e_ifl'], 2)} |" for r in rows]
+    plots = [p for p in ("pareto.png", "plateau.png", "alpha_curve.csv") if (select_dir / p).is_file()]
+    if plots:
+        lines += ["", "Alpha search: " + ", ".join(f"[{p}]({_rel(select_dir / p, run_dir)})" for p in plots)]
+    if "export" in infos:
+        exp = run_dir / infos["export"].outputs.get("dir", "export")
+        lines += ["", f"Exports (records with `weight`, chat variant, LLaMA-Factory and axolotl entries): "
+                      f"[{_rel(exp, run_dir)}/]({_rel(exp / 'EXPORTS.md', run_dir)})"]
+    return lines
+
+
+def _evaluation_section(metrics: dict[str, dict]) -> list[str]:
+    gen = any("generation" in m for m in metrics.values())
+    lines = ["", "## Held-out evaluation", "",
+             "Response-token losses (lower is better); perplexity = exp(token-weighted SFT loss).", "",
+             "| model | SFT loss | PT loss | IFL loss | perplexity |" + (" exact match | ROUGE-L |" if gen else ""),
+             "|---|---:|---:|---:|---:|" + ("---:|---:|" if gen else "")]
+    for label in [m for m in MODEL_ROWS if m in metrics]:
+        m = metrics[label]
+        row = (f"| {_ROW_NAMES[label]} | {_fmt(m['sft_loss'])} | {_fmt(m['pt_loss'])} | {_fmt(m['ifl_loss'])} "
+               f"| {_fmt(m['perplexity'], 2)} |")
+        if gen:
+            g = m.get("generation") or {}
+            row += f" {_fmt(g.get('exact_match'), 3)} | {_fmt(g.get('rouge_l'), 3)} |"
+        lines.append(row)
+    if "base" in metrics and "coreset" in metrics:
+        delta = metrics["coreset"]["sft_loss"] - metrics["base"]["sft_loss"]
+        lines += ["", f"Coreset training changed the held-out SFT loss by {delta:+.4f} relative to the base model"
+                      + (f" (random subset: {metrics['random']['sft_loss'] - metrics['base']['sft_loss']:+.4f})"
+                         if "random" in metrics else "") + "."]
+    lines += _per_task_table(metrics)
+    lines += ["", "Benchmarks: hand an adapter to lm-evaluation-harness, e.g.", "", "```",
+              (metrics.get("coreset") or next(iter(metrics.values())))["provenance"]["lm_eval"], "```"]
+    return lines
+
+
+def _per_task_table(metrics: dict[str, dict]) -> list[str]:
+    tasks = sorted({t for m in metrics.values() for t in (m.get("per_task") or {})})
+    if not tasks:
+        return []
+    labels = [m for m in MODEL_ROWS if m in metrics]
+    lines = ["", "### SFT loss per task", "", "| task | n | " + " | ".join(labels) + " |",
+             "|---|---:|" + "---:|" * len(labels)]
+    for task in tasks:
+        n = next((m["per_task"][task]["n_examples"] for m in metrics.values() if task in m.get("per_task", {})), "")
+        vals = [_fmt((metrics[lab].get("per_task") or {}).get(task, {}).get("sft_loss")) for lab in labels]
+        lines.append(f"| {task} | {n} | " + " | ".join(vals) + " |")
+    return lines
+
+
+def _time_section(infos: dict) -> list[str]:
+    lines = ["", "## Time per step", "", "| step | seconds | this invocation |", "|---|---:|---|"]
+    total = 0.0
+    for name, info in infos.items():
+        total += info.seconds
+        lines.append(f"| {name} | {info.seconds:.1f} | {'ran' if info.ran else 'up to date, skipped'} |")
+    return lines + [f"| total (all steps) | {total:.1f} | |", ""]
 
 
 def short_summary(run_dir: str | os.PathLike) -> str:

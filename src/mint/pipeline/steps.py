@@ -22,7 +22,7 @@ from mint._io import read_json, sha256_bytes, sha256_file
 from mint.errors import MintError
 from mint.pipeline.config import RunConfig
 
-__all__ = ["STEPS", "DEMO_DATA_VERSION", "render_options", "lora_settings", "warmup_call", "grads_call",
+__all__ = ["STEPS", "DEMO_DATA_VERSION", "render_options", "warmup_call", "grads_call",
            "select_call", "train_call", "eval_call"]
 
 log = logging.getLogger(__name__)
@@ -39,19 +39,12 @@ def render_options(cfg: RunConfig) -> dict[str, Any]:
     return {"schema": d.schema, "template": d.template, "max_length": d.max_length, "long_prompts": d.long_prompts}
 
 
-def lora_settings(cfg: RunConfig):
-    from mint.model.modeling import LoraSettings
-
-    tm = tuple(cfg.lora.target_modules) if cfg.lora.target_modules else None
-    return LoraSettings(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, target_modules=tm)
-
-
 def warmup_call(cfg: RunConfig, train_path: Path, folder: Path, **options: Any) -> Path:
     from mint.model.warmup import run_warmup
 
     w = cfg.warmup
     return run_warmup(cfg.model.name, train_path, folder, sample_ratio=w.sample_ratio, epochs=w.epochs, lr=w.lr,
-                      batch_size=w.batch_size, grad_accum=w.grad_accum, lora=lora_settings(cfg), seed=cfg.seed,
+                      batch_size=w.batch_size, grad_accum=w.grad_accum, lora=cfg.lora, seed=cfg.seed,
                       device=cfg.model.device, dtype=cfg.model.dtype, **render_options(cfg), **options)
 
 
@@ -81,7 +74,7 @@ def train_call(cfg: RunConfig, train_path: Path, folder: Path, *, indices, weigh
     t = cfg.train
     return train_lora(cfg.model.name, train_path, folder, indices=indices, weights=weights, weighting=weighting,
                       epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, grad_accum=t.grad_accum,
-                      lora=lora_settings(cfg), seed=cfg.seed, device=cfg.model.device, dtype=cfg.model.dtype,
+                      lora=cfg.lora, seed=cfg.seed, device=cfg.model.device, dtype=cfg.model.dtype,
                       **render_options(cfg), **options)
 
 
