@@ -100,7 +100,7 @@ class Context:
     eval_path: Path | None = None
     n_records: int = 0
     common: dict = field(default_factory=dict)  # inputs every model step depends on
-    keys: dict = field(default_factory=dict)  # step name -> key of its finished record
+    infos: dict = field(default_factory=dict)  # step name -> StepInfo (key, outputs) of the steps read later
     select_dir: Path | None = None
     coreset: dict = field(default_factory=dict)  # ratio, k, indices, weights of the trained coreset
     trained: dict = field(default_factory=dict)  # model label -> StepInfo of its training step
@@ -157,11 +157,11 @@ def warmup(ctx: Context) -> None:
         warmup_call(cfg, ctx.train_path, folder)
         return {"dir": ctx.run.rel(folder)}
 
-    ctx.keys["warmup"] = ctx.run.step("warmup", inputs, do)
+    ctx.infos["warmup"] = ctx.run.step("warmup", inputs, do)
 
 
 def grads(ctx: Context) -> None:
-    cfg, warm = ctx.cfg, ctx.keys["warmup"]
+    cfg, warm = ctx.cfg, ctx.infos["warmup"]
     inputs = {"warmup": warm.key, "grads": asdict(cfg.grads), "render": render_options(cfg), "seed": cfg.seed,
               "device": cfg.model.device, "dtype": cfg.model.dtype}
 
@@ -169,18 +169,18 @@ def grads(ctx: Context) -> None:
         grads_call(cfg, ctx.train_path, ctx.run.abs(warm.outputs["dir"]), folder)
         return {"dir": ctx.run.rel(folder)}
 
-    ctx.keys["grads"] = ctx.run.step("grads", inputs, do)
+    ctx.infos["grads"] = ctx.run.step("grads", inputs, do)
 
 
 def select(ctx: Context) -> None:
-    cfg, grads_info = ctx.cfg, ctx.keys["grads"]
+    cfg, grads_info = ctx.cfg, ctx.infos["grads"]
 
     def do(folder: Path) -> dict:
         result = select_call(cfg, ctx.run.abs(grads_info.outputs["dir"]), folder, ctx.train_path, overwrite=True)
         return {"dir": ctx.run.rel(folder), "alpha": result.alpha}
 
     info = ctx.run.step("select", {"grads": grads_info.key, "selection": asdict(cfg.selection), "seed": cfg.seed}, do)
-    ctx.keys["select"] = info
+    ctx.infos["select"] = info
     ctx.select_dir = ctx.run.abs(info.outputs["dir"])
 
 
@@ -191,7 +191,7 @@ def export(ctx: Context) -> None:
         out = export_coreset(ctx.train_path, ctx.select_dir, folder)
         return {"dir": ctx.run.rel(folder), "ratios": sorted(out)}
 
-    ctx.keys["export"] = ctx.run.step("export", {"select": ctx.keys["select"].key}, do)
+    ctx.infos["export"] = ctx.run.step("export", {"select": ctx.infos["select"].key}, do)
 
 
 def _trained_coreset(ctx: Context) -> dict:
@@ -225,7 +225,7 @@ def train(ctx: Context) -> None:
 
     c = ctx.coreset
     ctx.trained["coreset"] = ctx.run.step(
-        "train_coreset", {**common, "select": ctx.keys["select"].key, "ratio": c["ratio"], "weighting": t.weighting},
+        "train_coreset", {**common, "select": ctx.infos["select"].key, "ratio": c["ratio"], "weighting": t.weighting},
         trainer(c["indices"], c["weights"], t.weighting))
     if t.random_baseline:
         from mint.model.warmup import random_subset_indices

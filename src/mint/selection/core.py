@@ -42,9 +42,6 @@ from mint.selection.facility import lazy_greedy, prefix_weights, similarity_from
 from mint.selection.memory import check_limit, check_memory, estimate_memory
 from mint.selection.validation import check_features, check_ratios, check_settings
 
-# The old private names, still imported by mint.pipeline.select_step.
-_check_ratios, _check_settings = check_ratios, check_settings
-
 __all__ = ["Subset", "SelectionResult", "select_coreset", "estimate_memory"]
 
 logger = logging.getLogger(__name__)
