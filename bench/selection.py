@@ -12,6 +12,13 @@ As `mint select` does, the memory available now is passed as the engine's memory
     .venv/bin/python bench/selection.py --exactness --n 2000 --d 8192
     .venv/bin/python bench/selection.py --n 52000 --d 256 --alpha 0.97 --skip_floor   # full-N stage only
     .venv/bin/python bench/selection.py --n 52000 --d 256 --one_alpha 0.97             # one scan point
+    .venv/bin/python bench/selection.py --partition_quality --n 20000 --d 1024 --partition_size 5000
+    .venv/bin/python bench/selection.py --n 270000 --d 1024 --strategy partitioned --skip_floor
+
+`--partition_quality` runs the exact engine (automatic alpha) and the partitioned one (the same
+alpha) on the same features and compares them on the exact objective: the facility-location
+value `F(T) = sum_i max_j S(i, j)` with `S = max(D) - D` over all N rows, `E_PT` and `E_IFL` over
+all N rows (not the within-part upper bounds), and the overlap of the subsets.
 """
 from __future__ import annotations
 
@@ -125,7 +132,46 @@ def run_one_alpha(n: int, d: int, seed: int, alpha: float) -> dict:
     return out
 
 
-def run_timing(n: int, d: int, seed: int, n_jobs: int | None, skip_floor: bool, alpha: float | None = None) -> dict:
+def run_partition_quality(n: int, d: int, seed: int, n_jobs: int | None, partition_size: int) -> dict:
+    from mint import select_coreset
+    from mint.selection.distances import DistanceColumns, alpha_combination, combined_distances, prefix_min_sums
+
+    feats = make_features(n, d, seed)
+    out = {"n": n, "d": d, "seed": seed, "partition_size": partition_size, "ratios": RATIOS}
+    t = time.perf_counter()
+    exact = select_coreset(feats, ratios=RATIOS, seed=seed, n_jobs=n_jobs, progress=False, strategy="exact",
+                           memory_limit_bytes=_available_bytes())
+    out["exact_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    part = select_coreset(feats, ratios=RATIOS, alpha=exact.alpha, seed=seed, n_jobs=n_jobs, progress=False,
+                          strategy="partitioned", partition_size=partition_size)
+    out["partitioned_s"] = round(time.perf_counter() - t, 1)
+    out["alpha"], out["strategy"] = exact.alpha, part.settings["distance_strategy"]
+    D = combined_distances(feats, alpha_combination(exact.alpha))
+    top = float(D.max())
+    e_d = {}
+    for name, res in (("exact", exact), ("partitioned", part)):
+        e_d[name] = prefix_min_sums(DistanceColumns.from_matrix(D), res.order, [len(s.indices) for s in res.subsets.values()])
+    del D
+    errs = {name: {kind: prefix_min_sums(DistanceColumns.from_features(feats[kind], dtype=np.float32, block=2048), res.order,
+                                         [len(s.indices) for s in res.subsets.values()]) for kind in ("pt", "ifl")}
+            for name, res in (("exact", exact), ("partitioned", part))}
+    rows = []
+    for r in RATIOS:
+        k = len(exact.subsets[r].indices)
+        f_exact, f_part = n * top - e_d["exact"][k], n * top - e_d["partitioned"][k]
+        overlap = len(set(exact.subsets[r].indices.tolist()) & set(part.subsets[r].indices.tolist())) / k
+        rows.append({"ratio": r, "k": k, "f_ratio": round(f_part / f_exact, 5),
+                     "e_pt_ratio": round(errs["partitioned"]["pt"][k] / errs["exact"]["pt"][k], 4),
+                     "e_ifl_ratio": round(errs["partitioned"]["ifl"][k] / errs["exact"]["ifl"][k], 4),
+                     "within_part_e_pt_ratio": round(part.subsets[r].e_pt / errs["partitioned"]["pt"][k], 4),
+                     "overlap": round(overlap, 3)})
+    out["per_ratio"] = rows
+    return out
+
+
+def run_timing(n: int, d: int, seed: int, n_jobs: int | None, skip_floor: bool, alpha: float | None = None,
+               strategy: str = "auto", partition_size: int = 20_000) -> dict:
     from mint import select_coreset
     from mint.selection.distances import alpha_combination, combined_distances
 
@@ -139,7 +185,8 @@ def run_timing(n: int, d: int, seed: int, n_jobs: int | None, skip_floor: bool, 
     t = time.perf_counter()
     with _StageTimes() as stages:
         res = select_coreset(feats, ratios=RATIOS, alpha=alpha, seed=seed, n_jobs=n_jobs, progress=False,
-                             memory_limit_bytes=_available_bytes())
+                             memory_limit_bytes=_available_bytes(), strategy=strategy, partition_size=partition_size)
+    out["strategy"] = res.settings["distance_strategy"]
     out["select_s"] = round(time.perf_counter() - t, 2)
     # CPU seconds of this process and its scan workers: less sensitive than wall time to other
     # jobs on a shared machine (wall ~ cpu / 2 when both cores are ours)
@@ -251,14 +298,20 @@ def main(argv=None) -> int:
     p.add_argument("--skip_floor", action="store_true", help="do not time the bare distance computation")
     p.add_argument("--alpha", type=float, default=None, help="manual alpha: time only the full-N stage")
     p.add_argument("--one_alpha", type=float, default=None, help="time one point of the pre-sample scan")
+    p.add_argument("--strategy", default="auto", choices=["auto", "exact", "partitioned"])
+    p.add_argument("--partition_size", type=int, default=20_000)
+    p.add_argument("--partition_quality", action="store_true", help="partitioned against exact on the exact objective")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.exactness:
         result = run_exactness(args.n, args.d, args.seed, args.n_jobs)
+    elif args.partition_quality:
+        result = run_partition_quality(args.n, args.d, args.seed, args.n_jobs, args.partition_size)
     elif args.one_alpha is not None:
         result = run_one_alpha(args.n, args.d, args.seed, args.one_alpha)
     else:
-        result = run_timing(args.n, args.d, args.seed, args.n_jobs, args.skip_floor, args.alpha)
+        result = run_timing(args.n, args.d, args.seed, args.n_jobs, args.skip_floor, args.alpha, args.strategy,
+                            args.partition_size)
     result["cpus"] = len(os.sched_getaffinity(0))
     print(json.dumps(result, default=str))
     return 0

@@ -12,3 +12,4 @@ METHODS = ("mint", "craig", "pt", "ifl", "random")  # selection methods
 ALPHA_METHODS = ("plateau", "plateau_scaled", "golden")  # automatic alpha
 WEIGHTINGS = ("loss", "sampling", "none")  # how coreset weights enter training
 FEATURE_KINDS = ("sft", "pt", "ifl")  # the three gradient features
+SELECTION_STRATEGIES = ("auto", "exact", "partitioned")  # one N x N matrix, or parts of bounded size

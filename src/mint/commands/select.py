@@ -16,13 +16,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_options(
         p, [("selection.ratios", "--ratios"), ("selection.method", "--method"), ("selection.alpha", "--alpha"),
             ("selection.coef", "--coef"), ("selection.alpha_method", "--alpha_method"),
-            ("selection.preheat_ratio", "--preheat_ratio"), "seed", ("data.train", "--data")],
+            ("selection.preheat_ratio", "--preheat_ratio"), ("selection.preheat_max", "--preheat_max"),
+            ("selection.strategy", "--strategy"), ("selection.partition_size", "--partition_size"), "seed",
+            ("data.train", "--data")],
         overrides={"selection.coef": {"nargs": 3, "metavar": ("C_SFT", "C_PT", "C_IFL")},
                    "data.train": {"metavar": "FILE", "help": "the data file the features came from: also write the "
                                                              "selected records as coreset_R.jsonl"}})
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="distance precision: float32 (fast, default) or float64 (half the size limit, exact)")
-    p.add_argument("--n_jobs", type=int, default=None, help="worker processes for the alpha scan (default: all cores)")
+    p.add_argument("--n_jobs", type=int, default=None,
+                   help="worker processes for the alpha scan and the parts of a partitioned selection (default: all cores)")
     p.add_argument("--plateau_min_alpha", type=float, default=0.95,
                    help="prefer the first plateau at or above this alpha (default 0.95, as the reference)")
     p.add_argument("--golden_tol", type=float, default=1e-3, help="golden search: stop when the bracket is this narrow")

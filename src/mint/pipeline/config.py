@@ -88,6 +88,12 @@ class SelectionConfig:
                            choices=choices.ALPHA_METHODS)
     coef: list[float] | None = _f(None, "explicit distance coefficients [c_sft, c_pt, c_ifl] instead of alpha")
     preheat_ratio: float = _f(0.3, "fraction of the data pre-sampled for the automatic alpha search")
+    preheat_max: int = _f(10_000, "at most this many rows in that pre-sample (its matrices grow as the square)")
+    strategy: str = _f("auto", "exact (one N x N matrix) | partitioned (random parts of at most partition_size "
+                               "rows, selected in parallel and merged) | auto (exact while it fits the memory)",
+                       choices=choices.SELECTION_STRATEGIES)
+    partition_size: int = _f(20_000, "rows per part of the partitioned selection (a part's matrix: 1.6 GB at "
+                                     "20,000)")
 
 
 @dataclass
@@ -379,6 +385,8 @@ def _validate(cfg: RunConfig) -> None:
         need(min(s.coef) >= 0 and max(s.coef) > 0, "selection.coef", "coefficients must be >= 0, not all 0")
         need(s.alpha is None, "selection.coef", "give either selection.alpha or selection.coef, not both")
     need(0 < s.preheat_ratio <= 1, "selection.preheat_ratio", f"{s.preheat_ratio} is outside (0, 1]")
+    need(s.preheat_max >= 2, "selection.preheat_max", f"{s.preheat_max} is too small: the pre-sample needs >= 2 rows")
+    need(s.partition_size >= 2, "selection.partition_size", f"{s.partition_size} is too small: a part needs >= 2 rows")
     need(0 < cfg.warmup.sample_ratio <= 1, "warmup.sample_ratio", f"{cfg.warmup.sample_ratio} is outside (0, 1]")
     for sec in ("warmup", "train"):
         c = getattr(cfg, sec)

@@ -118,6 +118,9 @@ def run_selection(
     alpha_method: str = "plateau",
     coef: Sequence[float] | None = None,
     preheat_ratio: float = 0.3,
+    preheat_max: int = 10_000,
+    strategy: str = "auto",
+    partition_size: int = 20_000,
     seed: int = 0,
     data=None,
     overwrite: bool = False,
@@ -153,7 +156,8 @@ def run_selection(
     records, data_prov = _read_data(data, features, inputs, features_dir)
     settings = {
         "method": method, "alpha": alpha, "alpha_method": alpha_method, "coef": list(coef) if coef is not None else None,
-        "ratios": ratio_list, "preheat_ratio": preheat_ratio, "seed": seed, "dtype": str(np.dtype(dtype)),
+        "ratios": ratio_list, "preheat_ratio": preheat_ratio, "preheat_max": preheat_max, "strategy": strategy,
+        "partition_size": partition_size, "seed": seed, "dtype": str(np.dtype(dtype)),
         "plateau_min_alpha": plateau_min_alpha, "golden_tol": golden_tol, "golden_max_iter": golden_max_iter,
     }
     run_key = hashlib.sha256(json.dumps({"settings": settings, "inputs": inputs, "data": data_prov},
@@ -166,7 +170,8 @@ def run_selection(
         features, ratios=ratio_list, method=method, alpha=alpha, alpha_method=alpha_method, coef=coef,
         preheat_ratio=preheat_ratio, seed=seed, dtype=dtype, n_jobs=n_jobs, plateau_min_alpha=plateau_min_alpha,
         golden_tol=golden_tol, golden_max_iter=golden_max_iter, memory_limit_bytes=limit,
-        cache_distances=cache_distances, progress=progress,
+        cache_distances=cache_distances, strategy=strategy, partition_size=partition_size, preheat_max=preheat_max,
+        progress=progress,
     )
     # the data file the coresets index into, recorded in every coreset file ("" when unknown)
     data_sha256 = data_prov["sha256"] if data_prov else inputs.get("data_sha256") or ""

@@ -63,8 +63,9 @@ def select_call(cfg: RunConfig, features_dir: Path, folder: Path, data_path: Pat
 
     s = cfg.selection
     return run_selection(features_dir, folder, ratios=s.ratios, method=s.method, alpha=s.alpha,
-                         alpha_method=s.alpha_method, coef=s.coef, preheat_ratio=s.preheat_ratio, seed=cfg.seed,
-                         data=data_path, **options)
+                         alpha_method=s.alpha_method, coef=s.coef, preheat_ratio=s.preheat_ratio,
+                         preheat_max=s.preheat_max, strategy=s.strategy, partition_size=s.partition_size,
+                         seed=cfg.seed, data=data_path, **options)
 
 
 def train_call(cfg: RunConfig, train_path: Path, folder: Path, *, indices, weights, weighting: str,

@@ -182,7 +182,7 @@ def scan_alphas(d_pt, d_ifl, alphas, k: int, *, n_jobs: int | None = None, progr
     """`E_PT`, `E_IFL` (float64 arrays) on the pre-sample for every alpha. With `n_jobs > 1`,
     alphas are spread over forked worker processes that share the two matrices."""
     alphas = [float(a) for a in alphas]
-    n_jobs = _resolve_jobs(n_jobs, len(alphas))
+    n_jobs = resolve_jobs(n_jobs, len(alphas))
     results: list[tuple[float, float] | None] = [None] * len(alphas)
     bar = None
     if progress:
@@ -220,7 +220,7 @@ def scan_alphas(d_pt, d_ifl, alphas, k: int, *, n_jobs: int | None = None, progr
     return e_pt, e_ifl
 
 
-def _resolve_jobs(n_jobs: int | None, n_tasks: int) -> int:
+def resolve_jobs(n_jobs: int | None, n_tasks: int) -> int:
     if n_jobs is None:
         n_jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if not hasattr(os, "fork"):

@@ -23,6 +23,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -39,8 +40,9 @@ from mint.selection.distances import (
     prefix_min_sums,
 )
 from mint.selection.facility import lazy_greedy, prefix_weights, similarity_from_distance
-from mint.selection.memory import check_limit, check_memory, estimate_memory
-from mint.selection.validation import check_features, check_ratios, check_settings
+from mint.selection.memory import check_limit, check_memory, choose_strategy, estimate_memory, estimate_strategies
+from mint.selection.partition import DEFAULT_PARTITION_SIZE, select_partitioned
+from mint.selection.validation import check_count, check_features, check_ratios, check_settings, check_strategy
 
 __all__ = ["Subset", "SelectionResult", "select_coreset", "estimate_memory"]
 
@@ -92,10 +94,17 @@ class _Plan:
     # echoed in `SelectionResult.settings`; the alpha search reads them too
     alpha_method: str
     preheat_ratio: float
+    preheat_max: int
     seed: int
     plateau_min_alpha: float
     golden_tol: float
     golden_max_iter: int
+
+    @property
+    def n_pre(self) -> int:
+        """Rows of the alpha search's pre-sample: `round(preheat_ratio * N)`, at least 2, at most
+        `preheat_max` (and N)."""
+        return min(max(2, int(round(self.preheat_ratio * self.n))), self.preheat_max, self.n)
 
     @property
     def k_max(self) -> int:
@@ -114,9 +123,10 @@ def _log_stage(stage: str, t0: float, message: str = "", *args) -> None:
 # ----------------------------------------------------------------------------- 1. settings
 
 
-def _plan(features, ratios, *, method, alpha, alpha_method, coef, preheat_ratio, seed, dtype, plateau_min_alpha,
-          golden_tol, golden_max_iter) -> _Plan:
+def _plan(features, ratios, *, method, alpha, alpha_method, coef, preheat_ratio, preheat_max, seed, dtype,
+          plateau_min_alpha, golden_tol, golden_max_iter) -> _Plan:
     check_settings(method, alpha, alpha_method, coef, preheat_ratio, dtype)
+    check_count(preheat_max, "preheat_max", 2, "the alpha search needs a pre-sample of at least 2 rows")
     auto = method == "mint" and alpha is None and coef is None
     if method == "mint":
         if coef is not None:
@@ -137,22 +147,18 @@ def _plan(features, ratios, *, method, alpha, alpha_method, coef, preheat_ratio,
             # stacklevel 3: the warning points at the caller of select_coreset
             warnings.warn(f"ratio {r} selects all {n} examples; each gets weight 1", stacklevel=3)
             logger.warning("ratio %s selects all %d examples; each gets weight 1", r, n)
-    return _Plan(method, auto, coef, needed, n, ratio_list, ks, np.dtype(dtype), alpha_method, preheat_ratio, seed,
-                 plateau_min_alpha, golden_tol, golden_max_iter)
+    return _Plan(method, auto, coef, needed, n, ratio_list, ks, np.dtype(dtype), alpha_method, preheat_ratio,
+                 int(preheat_max), seed, plateau_min_alpha, golden_tol, golden_max_iter)
 
 
 # ----------------------------------------------------------------------------- 2. memory
 
 
-def _check_memory(plan: _Plan, features, *, n_jobs, block, limit_bytes: int | None) -> dict:
-    """The estimate of every stage (logged); refused when it exceeds the caller's limit."""
+def _estimates(plan: _Plan, features, *, n_jobs, block, partition_size: int) -> dict[str, dict]:
     used = [k for k in KINDS if k in features and features[k] is not None]
-    n = plan.n
-    est = estimate_memory(n, np.shape(features[used[0]])[1], n_pre=min(n, max(2, int(round(plan.preheat_ratio * n)))),
-                          n_kinds=max(1, len(plan.needed)), auto=plan.auto,
-                          n_jobs=alpha_mod._resolve_jobs(n_jobs, 174), itemsize=plan.dtype.itemsize, block=block)
-    check_memory(est, limit_bytes, dtype=plan.dtype, auto=plan.auto, n=n)
-    return est
+    return estimate_strategies(plan.n, np.shape(features[used[0]])[1], n_pre=plan.n_pre,
+                               n_kinds=max(1, len(plan.needed)), auto=plan.auto, n_jobs=n_jobs,
+                               itemsize=plan.dtype.itemsize, block=block, partition_size=partition_size)
 
 
 # ----------------------------------------------------------------------------- 3. alpha
@@ -161,7 +167,7 @@ def _check_memory(plan: _Plan, features, *, n_jobs, block, limit_bytes: int | No
 def _choose_alpha(features, plan: _Plan, *, n_jobs, block, progress) -> tuple[float, alpha_mod.AlphaCurve]:
     """Alpha from a random pre-sample of `n_pre` rows (subset size for the largest ratio)."""
     n, dtype = plan.n, plan.dtype
-    n_pre = min(max(2, int(round(plan.preheat_ratio * n))), n)
+    n_pre = plan.n_pre
     k_pre = max(1, int(round(max(plan.ratios) * n_pre)))
     pre = np.random.default_rng(plan.seed).choice(n, n_pre, replace=False)
     d_pt = pairwise_distances(np.asarray(features["pt"][pre]), dtype=dtype, block=block)
@@ -241,6 +247,23 @@ def _greedy_and_weights(S: np.ndarray, plan: _Plan):
     return order, gains, weights
 
 
+def _exact(features, plan: _Plan, alpha, *, cache: bool, block: int, progress: bool, compute_errors: bool):
+    """Similarity, greedy, weights and errors on the rows of `features`: the exact engine, run on
+    all N rows or on one part (`mint.selection.partition`)."""
+    t1 = time.perf_counter()
+    cached = {} if cache else None
+    S = _similarity(features, plan, alpha, cached=cached, block=block, progress=progress)
+    _log_stage("distances", t1, " on %d rows (%s)", plan.n, "cached" if cache else "blockwise")
+    order, gains, weights = _greedy_and_weights(S, plan)
+    del S
+    errors = {}
+    if compute_errors:
+        t1 = time.perf_counter()
+        errors = _errors(features, plan, order, cached, block)
+        _log_stage("errors", t1)
+    return order, gains, weights, errors
+
+
 # ----------------------------------------------------------------------------- 6. errors
 
 
@@ -277,7 +300,8 @@ def _result(plan: _Plan, *, order, gains, weights, errors, alpha, curve, strateg
     settings = {
         "method": plan.method, "alpha": alpha, "alpha_method": alpha_method,
         "coef": list(plan.coef) if plan.coef is not None else None, "ratios": plan.ratios,
-        "preheat_ratio": plan.preheat_ratio, "seed": plan.seed, "dtype": plan.dtype.name,
+        "preheat_ratio": plan.preheat_ratio, "preheat_max": plan.preheat_max, "seed": plan.seed,
+        "dtype": plan.dtype.name,
         "plateau_min_alpha": plan.plateau_min_alpha, "golden_tol": plan.golden_tol,
         "golden_max_iter": plan.golden_max_iter, "distance_strategy": strategy,
     }
@@ -311,6 +335,9 @@ def select_coreset(
     compute_errors: bool = True,
     memory_limit_bytes: int | None = None,
     cache_distances: bool | None = None,
+    strategy: str = "auto",
+    partition_size: int = DEFAULT_PARTITION_SIZE,
+    preheat_max: int = 10_000,  # the pre-sample's cap: alpha from at most 10,000 rows at any N
     block: int = DEFAULT_BLOCK,
     progress: bool = True,
 ) -> SelectionResult:
@@ -328,34 +355,44 @@ def select_coreset(
       forming the combined matrix block by block (one N x N matrix); None: when that fits in
       half the memory limit (never, without a limit). The selection is the same either way;
       only its speed changes.
+    strategy: exact (one N x N matrix) | partitioned (parts of at most `partition_size` rows,
+      `mint.selection.partition`) | auto (exact while its memory estimate fits the limit; without
+      a limit, while N <= partition_size).
+    preheat_max: the automatic alpha's pre-sample has min(round(preheat_ratio * N), preheat_max) rows.
     """
     t0 = time.perf_counter()
     plan = _plan(features, ratios, method=method, alpha=alpha, alpha_method=alpha_method, coef=coef,
-                 preheat_ratio=preheat_ratio, seed=seed, dtype=dtype, plateau_min_alpha=plateau_min_alpha,
-                 golden_tol=golden_tol, golden_max_iter=golden_max_iter)
+                 preheat_ratio=preheat_ratio, preheat_max=preheat_max, seed=seed, dtype=dtype,
+                 plateau_min_alpha=plateau_min_alpha, golden_tol=golden_tol, golden_max_iter=golden_max_iter)
+    check_strategy(strategy)
+    partition_size = check_count(partition_size, "partition_size", 2, "a part must hold at least 2 rows")
     limit = check_limit(memory_limit_bytes)
     chosen_alpha, curve = (float(alpha) if alpha is not None else None), None
-    cached, strategy = None, "none"
+    used = "none"
     if method == "random":
         order, gains, weights = _random_selection(plan)
+        errors = _errors(features, plan, order, None, block) if compute_errors else {}
     else:
-        est = _check_memory(plan, features, n_jobs=n_jobs, block=block, limit_bytes=limit)
+        est = _estimates(plan, features, n_jobs=n_jobs, block=block, partition_size=partition_size)
+        used = choose_strategy(strategy, plan.n, est, limit, partition_size)
+        check_memory(est[used], limit, dtype=plan.dtype, auto=plan.auto, n=min(plan.n, partition_size)
+                     if used == "partitioned" else plan.n)
         if plan.auto:
             chosen_alpha, curve = _choose_alpha(features, plan, n_jobs=n_jobs, block=block, progress=progress)
             _log_stage("alpha_search", t0, " chose alpha %.6f (%s: %s)", chosen_alpha, alpha_method, curve.reason)
-        t1 = time.perf_counter()
-        cached = {} if _use_cache(chosen_alpha, cache_distances, est, limit) else None
-        strategy = "cached" if cached is not None else "blockwise"
-        S = _similarity(features, plan, chosen_alpha, cached=cached, block=block, progress=progress)
-        _log_stage("distances", t1, " on all %d rows (%s)", plan.n, strategy)
-        order, gains, weights = _greedy_and_weights(S, plan)
-        del S
-    errors = {}
-    if compute_errors:
-        t1 = time.perf_counter()
-        errors = _errors(features, plan, order, cached, block)
-        _log_stage("errors", t1)
+        cache = _use_cache(chosen_alpha, cache_distances, est[used], limit)
+        if used == "exact":
+            order, gains, weights, errors = _exact(features, plan, chosen_alpha, cache=cache, block=block,
+                                                   progress=progress, compute_errors=compute_errors)
+            used = "cached" if cache else "blockwise"
+        else:
+            combo = alpha_combination(chosen_alpha) if chosen_alpha is not None else coef_combination(plan.coef)
+            run = partial(_exact, cache=cache, block=block, progress=False)
+            order, gains, weights, errors, n_parts = select_partitioned(
+                features, plan, chosen_alpha, combo, partition_size=partition_size, run_exact=run,
+                n_jobs=est["partitioned"]["workers"], compute_errors=compute_errors, block=block, progress=progress)
+            used = f"partitioned ({n_parts} parts)"
     result = _result(plan, order=order, gains=gains, weights=weights, errors=errors, alpha=chosen_alpha, curve=curve,
-                     strategy=strategy)
+                     strategy=used)
     _log_stage("total", t0)
     return result

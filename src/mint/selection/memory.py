@@ -10,7 +10,7 @@ import numpy as np
 from mint.errors import MintError
 from mint.selection.distances import DEFAULT_BLOCK
 
-__all__ = ["estimate_memory", "check_memory", "check_limit"]
+__all__ = ["estimate_memory", "estimate_strategies", "choose_strategy", "check_memory", "check_limit"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,3 +60,37 @@ def check_limit(memory_limit_bytes) -> int | None:
         raise MintError(f"memory_limit_bytes must be a whole number of bytes >= 0, or None for no limit; "
                         f"got {memory_limit_bytes!r}")
     return int(memory_limit_bytes)
+
+
+def estimate_strategies(n: int, d: int, *, n_pre: int, n_kinds: int, auto: bool, n_jobs: int | None, itemsize: int,
+                        block: int, partition_size: int) -> dict[str, dict]:
+    """Peak memory of the exact engine on all N rows, and of the partitioned one (as many parts
+    at once as it has workers; `workers` and `n_parts` are in its entry)."""
+    from mint.selection.alpha import resolve_jobs
+
+    common = dict(n_pre=n_pre, n_kinds=n_kinds, auto=auto, n_jobs=resolve_jobs(n_jobs, 174), itemsize=itemsize,
+                  block=block)
+    exact = estimate_memory(n, d, **common)
+    n_parts = max(1, -(-n // partition_size))
+    workers = resolve_jobs(n_jobs, n_parts)
+    part = estimate_memory(min(n, partition_size), d, **common)
+    full = workers * part["full"]
+    part = {**part, "full": full, "peak": max(part["pre_sample"], full), "cached_full": workers * part["cached_full"],
+            "n_parts": n_parts, "workers": workers}
+    return {"exact": exact, "partitioned": part}
+
+
+def choose_strategy(strategy: str, n: int, est: dict, limit: int | None, partition_size: int) -> str:
+    """exact | partitioned; `auto` takes exact while its estimate fits the limit (without a limit:
+    while N <= partition_size) and logs why."""
+    if strategy != "auto":
+        return strategy
+    gib = 1 << 30
+    if limit is not None:
+        chosen = "exact" if est["exact"]["peak"] <= limit else "partitioned"
+        why = f"the exact engine needs about {est['exact']['peak'] / gib:.1f} GiB of the {limit / gib:.1f} GiB limit"
+    else:
+        chosen = "exact" if n <= partition_size else "partitioned"
+        why = f"N = {n} {'<=' if chosen == 'exact' else '>'} partition_size {partition_size} (no memory limit given)"
+    logger.info("selection strategy auto -> %s: %s", chosen, why)
+    return chosen

@@ -10,9 +10,10 @@ import numpy as np
 
 from mint.choices import ALPHA_METHODS, METHODS
 from mint.choices import FEATURE_KINDS as KINDS
+from mint.choices import SELECTION_STRATEGIES as STRATEGIES
 from mint.errors import MintError
 
-__all__ = ["check_features", "check_ratios", "check_settings"]
+__all__ = ["check_features", "check_ratios", "check_settings", "check_count", "check_strategy"]
 
 
 def check_features(features: Mapping[str, np.ndarray], needed: Sequence[str], method: str) -> int:
@@ -117,3 +118,17 @@ def check_settings(method, alpha, alpha_method, coef, preheat_ratio, dtype):
         raise MintError(f"preheat_ratio must be in (0, 1], got {preheat_ratio!r}")
     if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise MintError(f"dtype must be float32 or float64, got {dtype!r}")
+
+
+def check_count(value, name: str, minimum: int, why: str) -> int:
+    """A whole-number setting (`preheat_max`, `partition_size`) of at least `minimum`."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok or value < minimum:
+        raise MintError(f"{name} must be a whole number >= {minimum}, got {value!r}: {why}")
+    return int(value)
+
+
+def check_strategy(strategy) -> str:
+    if strategy not in STRATEGIES:
+        raise MintError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    return strategy

@@ -1,0 +1,199 @@
+"""Partitioned facility location: selection beyond one dense N x N matrix.
+
+The rows are split at random (seeded) into P parts of at most `partition_size` rows. Each part
+runs the exact engine on its own rows (its own `S = max(D) - D`, lazy greedy, weights and
+errors), so memory is bounded by the part, not by N, and parts run in parallel processes.
+
+Budgets and the global order. Seats (subset elements) are handed to parts one at a time by the
+Sainte-Lague rule (the next seat goes to the part with the largest `n_p / (2 s_p + 1)`, ties to
+the smaller part index): every prefix of the seat sequence gives each part a budget within one
+of `k * n_p / N`, and budgets only grow with k (the rule is house-monotone). Seat t takes the
+next greedy pick of its part, so the subset of every ratio is a prefix of one global order and
+each part's picks in it are a prefix of that part's greedy order.
+
+Weights and errors (what they are). A row's weight goes to the nearest selected element *of its
+own part* (combined distance, ties to the earlier pick), so weights sum to N; `E_PT` and `E_IFL`
+sum each row's distance to the nearest selected element of its own part, an upper bound of the
+exact errors over all selected elements. A part without any selected element (only when k < P)
+sends its rows to the nearest selected element overall, computed block by block (N x k).
+
+With one part (N <= partition_size) the rows keep their order and the result is the exact
+engine's, bit for bit.
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from mint.selection.distances import DEFAULT_BLOCK, Combination, cross_distances
+
+__all__ = ["DEFAULT_PARTITION_SIZE", "split_parts", "seat_order", "PartResult", "select_partitioned"]
+
+logger = logging.getLogger(__name__)
+
+# Rows per part: a 20,000 x 20,000 float32 similarity is 1.6 GB, a few seconds of BLAS per kind
+# at D = 1,024, and large enough that a part's picks cover its clusters well.
+DEFAULT_PARTITION_SIZE = 20_000
+PARTITION_SPAWN_KEY = (2,)  # the row shuffle's seed stream, apart from the pre-sample's and the baseline's
+
+
+def split_parts(n: int, partition_size: int, seed: int) -> list[np.ndarray]:
+    """Row indices of each part: one part `arange(n)` when it fits, else a seeded shuffle cut
+    into `ceil(n / partition_size)` near-equal parts, each sorted (ties go to smaller indices)."""
+    n_parts = max(1, math.ceil(n / partition_size))
+    if n_parts == 1:
+        return [np.arange(n, dtype=np.int64)]
+    perm = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=PARTITION_SPAWN_KEY)).permutation(n)
+    return [np.sort(p).astype(np.int64) for p in np.array_split(perm, n_parts)]
+
+
+def seat_order(sizes: list[int], k: int) -> np.ndarray:
+    """The part of each of the first k seats (Sainte-Lague; see the module docstring)."""
+    seats = [0] * len(sizes)
+    heap = [(-float(s), p) for p, s in enumerate(sizes)]  # quotient n_p / (2 * 0 + 1)
+    heapq.heapify(heap)
+    out = np.empty(k, dtype=np.int64)
+    for t in range(k):
+        while True:
+            _, p = heapq.heappop(heap)
+            if seats[p] < sizes[p]:
+                break  # a full part takes no more seats (and is not pushed back)
+        out[t] = p
+        seats[p] += 1
+        if seats[p] < sizes[p]:
+            heapq.heappush(heap, (-sizes[p] / (2 * seats[p] + 1), p))
+    return out
+
+
+@dataclass(frozen=True)
+class PartResult:
+    order: np.ndarray  # global row indices, the part's greedy order
+    gains: np.ndarray
+    weights: dict  # count m -> weights of order[:m] over the part's rows
+    errors: dict  # kind -> {m: within-part E_K of order[:m]}
+
+
+def _select_part(features: Mapping[str, Any], rows: np.ndarray, counts: list[int], *, plan, alpha,
+                 run_exact: Callable, compute_errors: bool) -> PartResult:
+    """The exact engine on one part's rows, for its subset sizes `counts` (all >= 1)."""
+    part = {kind: np.asarray(X[rows]) for kind, X in features.items() if X is not None}
+    sub_plan = replace(plan, n=len(rows), ks={m: m for m in counts})
+    order, gains, weights, errors = run_exact(part, sub_plan, alpha, compute_errors=compute_errors)
+    return PartResult(rows[order], gains, weights, errors)
+
+
+_SHARED: dict = {}  # set before the pool forks, read-only in the workers
+
+
+def _worker(p: int) -> tuple[int, PartResult]:
+    s = _SHARED
+    return p, _select_part(s["features"], s["parts"][p], s["counts"][p], plan=s["plan"], alpha=s["alpha"],
+                           run_exact=s["run_exact"], compute_errors=s["compute_errors"])
+
+
+def _run_parts(features, parts, counts, *, plan, alpha, run_exact, compute_errors, n_jobs: int,
+               progress: bool) -> dict[int, PartResult]:
+    todo = [p for p in range(len(parts)) if counts[p]]
+    bar = None
+    if progress and len(todo) > 1:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="parts", unit="part", leave=False)
+    results: dict[int, PartResult] = {}
+    if n_jobs > 1 and len(todo) > 1 and hasattr(os, "fork"):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        _SHARED.update(features=features, parts=parts, counts=counts, plan=plan, alpha=alpha, run_exact=run_exact,
+                       compute_errors=compute_errors)
+        try:
+            with ProcessPoolExecutor(max_workers=min(n_jobs, len(todo)), mp_context=mp.get_context("fork")) as pool:
+                for p, res in pool.map(_worker, todo):
+                    results[p] = res
+                    if bar is not None:
+                        bar.update()
+        finally:
+            _SHARED.clear()
+    else:
+        for p in todo:
+            results[p] = _select_part(features, parts[p], counts[p], plan=plan, alpha=alpha, run_exact=run_exact,
+                                      compute_errors=compute_errors)
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+    return results
+
+
+def _nearest_overall(features, rows: np.ndarray, selected: np.ndarray, combination: Combination, dtype,
+                     block: int) -> tuple[np.ndarray, dict[str, float]]:
+    """For rows of a part with no selected element: the position in `selected` of each row's nearest
+    element (combined distance) and the rows' distance sums to their nearest element per kind."""
+    cols = {kind: np.asarray(features[kind][selected]) for kind in set(combination.kinds) | {"pt", "ifl"}
+            if kind in features and features[kind] is not None}
+    owner = np.empty(len(rows), dtype=np.int64)
+    sums = {kind: 0.0 for kind in ("pt", "ifl") if kind in cols}
+    for s in range(0, len(rows), block):
+        chunk = rows[s:s + block]
+        d = {kind: cross_distances(np.asarray(features[kind][chunk]), Y, dtype=dtype, block=block)
+             for kind, Y in cols.items()}
+        owner[s:s + block] = np.argmin(combination.apply({k: d[k] for k in combination.kinds}), axis=1)
+        for kind in sums:
+            sums[kind] += float(d[kind].min(axis=1).sum(dtype=np.float64))
+    return owner, sums
+
+
+def select_partitioned(features: Mapping[str, Any], plan, alpha: float | None, combination: Combination, *,
+                       partition_size: int, run_exact: Callable, n_jobs: int, compute_errors: bool,
+                       block: int = DEFAULT_BLOCK, progress: bool = True):
+    """(order, gains, weights {k: ...}, errors {kind: {k: ...}}, n_parts) for the subset sizes of `plan`."""
+    parts = split_parts(plan.n, partition_size, plan.seed)
+    seats = seat_order([len(p) for p in parts], plan.k_max)
+    sizes = plan.sizes
+    # per part, its budget at every subset size: the seats among the first k
+    budgets = {k: np.bincount(seats[:k], minlength=len(parts)) for k in sizes}
+    counts = [sorted({int(budgets[k][p]) for k in sizes} - {0}) for p in range(len(parts))]
+    logger.info("partitioned selection: %d parts of about %d rows, %d worker(s)", len(parts),
+                round(plan.n / len(parts)), max(1, min(n_jobs, len(parts))))
+    results = _run_parts(features, parts, counts, plan=plan, alpha=alpha, run_exact=run_exact,
+                         compute_errors=compute_errors, n_jobs=n_jobs, progress=progress)
+    taken = np.zeros(len(parts), dtype=np.int64)
+    order = np.empty(plan.k_max, dtype=np.int64)
+    gains = np.empty(plan.k_max, dtype=np.float64)
+    position = np.empty(plan.k_max, dtype=np.int64)  # each pick's position within its part's order
+    for t, p in enumerate(seats):
+        j = taken[p]
+        order[t], gains[t], position[t] = results[p].order[j], results[p].gains[j], j
+        taken[p] += 1
+    weights, errors = {}, {"pt": {}, "ifl": {}}
+    for k in sizes:
+        weights[k], errs = _assemble(features, parts, results, seats[:k], position[:k], order[:k], budgets[k],
+                                     combination, plan.dtype, block, compute_errors)
+        for kind, value in errs.items():
+            errors[kind][k] = value
+    return order, gains, weights, {kind: e for kind, e in errors.items() if e}, len(parts)
+
+
+def _assemble(features, parts, results, seats, position, order, budget, combination, dtype, block,
+              compute_errors) -> tuple[np.ndarray, dict[str, float]]:
+    """Weights of `order` (one subset size) from the parts' own weights, and the errors."""
+    w = np.zeros(len(order), dtype=np.float64)
+    errs: dict[str, float] = {}
+    for p, m in enumerate(budget):
+        if m:
+            mine = seats == p
+            w[mine] = results[p].weights[int(m)][position[mine]]
+            for kind, by_count in results[p].errors.items():
+                errs[kind] = errs.get(kind, 0.0) + by_count[int(m)]
+        else:
+            owner, sums = _nearest_overall(features, parts[p], order, combination, dtype, block)
+            w += np.bincount(owner, minlength=len(order))
+            for kind, value in sums.items():
+                errs[kind] = errs.get(kind, 0.0) + value
+    return w, (errs if compute_errors else {})

@@ -1,0 +1,146 @@
+"""Partitioned selection: one part is the exact engine bit for bit; budgets, nesting, weights,
+errors and parallel workers; the capped pre-sample; memory-mapped features."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mint.errors import MintError
+from mint.selection import select_coreset
+from mint.selection.distances import pairwise_distances
+from mint.selection.facility import facility_value, similarity_from_distance
+from mint.selection.partition import seat_order, split_parts
+
+KW = dict(ratios=[0.05, 0.1, 0.2], n_jobs=1, progress=False)
+
+
+def _features(n=300, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(8, d))
+    base = centers[rng.integers(0, 8, n)]
+    out = {}
+    for kind, noise in (("sft", 0.3), ("pt", 0.4), ("ifl", 0.6)):
+        X = base + noise * rng.normal(size=(n, d))
+        out[kind] = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    return out
+
+
+def _same(a, b):
+    assert a.order.tobytes() == b.order.tobytes() and a.gains.tobytes() == b.gains.tobytes()
+    for r in a.subsets:
+        sa, sb = a.subsets[r], b.subsets[r]
+        assert sa.indices.tobytes() == sb.indices.tobytes() and sa.weights.tobytes() == sb.weights.tobytes()
+        assert (sa.e_pt, sa.e_ifl) == (sb.e_pt, sb.e_ifl)
+
+
+@pytest.mark.parametrize("kw", [dict(alpha=0.7), dict(), dict(method="craig"), dict(coef=(0.5, 1.0, 2.0))])
+def test_one_part_is_the_exact_engine_bit_for_bit(kw):
+    feats = _features()
+    exact = select_coreset(feats, strategy="exact", **KW, **kw)
+    one = select_coreset(feats, strategy="partitioned", partition_size=300, **KW, **kw)
+    _same(exact, one)
+    assert one.settings["distance_strategy"] == "partitioned (1 parts)"
+
+
+def test_seats_are_proportional_nested_and_bounded():
+    sizes = [34, 33, 33, 5]
+    seats = seat_order(sizes, 105)
+    for k in range(1, 106):
+        budget = np.bincount(seats[:k], minlength=4)
+        assert budget.sum() == k and np.all(np.abs(budget - k * np.array(sizes) / sum(sizes)) <= 1.0 + 1e-9)
+        assert np.all(budget <= sizes)
+    assert np.bincount(seats, minlength=4).tolist() == sizes  # every row seated once the total is reached
+
+
+def test_parts_cover_the_rows_once():
+    parts = split_parts(1000, 300, seed=3)
+    assert len(parts) == 4 and [len(p) for p in parts] == [250] * 4
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(1000))
+    assert all(np.all(np.diff(p) > 0) for p in parts)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, split_parts(1000, 300, seed=3)))
+    assert not np.array_equal(parts[0], split_parts(1000, 300, seed=4)[0])
+
+
+@pytest.mark.parametrize("kw", [dict(alpha=0.7), dict()])
+def test_partitioned_result_is_well_formed_and_close_to_exact(kw):
+    feats = _features(n=600)
+    exact = select_coreset(feats, strategy="exact", **KW, **kw)
+    part = select_coreset(feats, strategy="partitioned", partition_size=200, **KW, **kw)
+    assert part.settings["distance_strategy"] == "partitioned (3 parts)"
+    assert part.alpha == exact.alpha  # the pre-sample is the same
+    d_pt = pairwise_distances(feats["pt"], dtype=np.float64)
+    d_ifl = pairwise_distances(feats["ifl"], dtype=np.float64)
+    S = similarity_from_distance(d_pt / part.alpha + d_ifl / (1 - part.alpha))
+    prev = None
+    for r in (0.05, 0.1, 0.2):
+        sub, ex = part.subsets[r], exact.subsets[r]
+        assert len(sub.indices) == len(ex.indices) == round(r * 600)
+        assert len(set(sub.indices.tolist())) == len(sub.indices)
+        assert sub.weights.sum() == 600 and np.all(sub.weights >= 0)
+        if prev is not None:
+            assert np.array_equal(sub.indices[: len(prev)], prev)  # nested across ratios
+        prev = sub.indices
+        # within-part errors are upper bounds of the errors over all selected elements
+        assert sub.e_pt >= d_pt[:, sub.indices].min(axis=1).sum() - 1e-3
+        assert sub.e_ifl >= d_ifl[:, sub.indices].min(axis=1).sum() - 1e-3
+        assert facility_value(S, sub.indices) >= 0.95 * facility_value(S, ex.indices)
+
+
+def test_workers_give_the_same_bytes():
+    feats = _features(n=600)
+    one = select_coreset(feats, strategy="partitioned", partition_size=200, alpha=0.7, **{**KW, "n_jobs": 1})
+    two = select_coreset(feats, strategy="partitioned", partition_size=200, alpha=0.7, **{**KW, "n_jobs": 2})
+    _same(one, two)
+
+
+def test_fewer_seats_than_parts_sends_rows_to_the_nearest_selected_element():
+    feats = _features(n=600)
+    res = select_coreset(feats, strategy="partitioned", partition_size=100, alpha=0.6,
+                         **{**KW, "ratios": [0.005, 0.05]})  # 3 seats for 6 parts
+    small = res.subsets[0.005]
+    assert len(small.indices) == 3 and small.weights.sum() == 600
+    d = pairwise_distances(feats["pt"], dtype=np.float64)[:, small.indices]
+    assert small.e_pt >= d.min(axis=1).sum() - 1e-3
+
+
+def test_auto_strategy():
+    feats = _features(n=300)
+    assert select_coreset(feats, alpha=0.7, **KW).settings["distance_strategy"] == "blockwise"
+    auto = select_coreset(feats, alpha=0.7, partition_size=100, **KW)
+    assert auto.settings["distance_strategy"] == "partitioned (3 parts)"
+    # a limit the exact engine fits: exact, whatever the partition size
+    roomy = select_coreset(feats, alpha=0.7, partition_size=100, memory_limit_bytes=1 << 33, **KW)
+    assert not roomy.settings["distance_strategy"].startswith("partitioned")
+    tight = select_coreset(feats, alpha=0.7, partition_size=100, memory_limit_bytes=1_000_000, **KW)
+    assert tight.settings["distance_strategy"] == "partitioned (3 parts)"
+
+
+def test_capped_pre_sample():
+    feats = _features(n=300)
+    free = select_coreset(feats, **KW)
+    assert free.curve.n_pre == 90
+    # below the cap: exactly the uncapped behaviour
+    _same(free, select_coreset(feats, preheat_max=90, **KW))
+    capped = select_coreset(feats, preheat_max=40, **KW)
+    assert capped.curve.n_pre == 40 and capped.curve.k_pre == 8
+
+
+def test_memory_mapped_features_give_the_same_selection(tmp_path):
+    feats = _features(n=400)
+    mapped = {}
+    for kind, X in feats.items():
+        np.save(tmp_path / f"{kind}.npy", X)
+        mapped[kind] = np.load(tmp_path / f"{kind}.npy", mmap_mode="r")
+    for kw in (dict(strategy="exact"), dict(strategy="partitioned", partition_size=150)):
+        _same(select_coreset(feats, alpha=0.7, **KW, **kw), select_coreset(mapped, alpha=0.7, **KW, **kw))
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(strategy="fast"), "unknown strategy 'fast'"),
+    (dict(partition_size=1), "partition_size must be a whole number >= 2"),
+    (dict(partition_size=2.5), "partition_size must be a whole number >= 2"),
+    (dict(preheat_max=1), "preheat_max must be a whole number >= 2"),
+])
+def test_bad_settings(kw, message):
+    with pytest.raises(MintError, match=message):
+        select_coreset(_features(n=50), **KW, **kw)
