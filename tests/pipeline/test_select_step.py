@@ -158,3 +158,33 @@ def test_data_must_be_the_file_the_store_was_made_from(tmp_path, data_file, caps
     assert _select(tmp_path / "good", tmp_path / "o1", "--alpha", "0.5", "--data", data_file) == 0
     assert _select(tmp_path / "other", tmp_path / "o2", "--alpha", "0.5", "--data", data_file) == 2
     assert "not the file the features" in capsys.readouterr().err
+
+
+def test_partitioned_selection_resumes_at_the_part_where_it_stopped(npy_dir, tmp_path, monkeypatch):
+    import mint.selection.partition as partition
+    from mint.pipeline.select_step import run_selection
+
+    kw = dict(ratios=[0.1, 0.2], alpha=0.8, strategy="partitioned", partition_size=20, n_jobs=1, progress=False)
+    whole = run_selection(npy_dir, tmp_path / "whole", **kw)
+    assert whole.settings["distance_strategy"] == "partitioned (4 parts)"
+    real, calls = partition._select_part, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(partition, "_select_part", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_selection(npy_dir, tmp_path / "again", **kw)
+    assert len(list((tmp_path / "again" / "parts").glob("part_*.npz"))) == 2  # the finished parts are kept
+    calls.clear()
+    monkeypatch.setattr(partition, "_select_part", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = run_selection(npy_dir, tmp_path / "again", **kw)
+    assert len(calls) == 2  # only the two parts that had not finished
+    assert not (tmp_path / "again" / "parts").exists()
+    for r in (0.1, 0.2):
+        a, b = (tmp_path / "whole" / f"coreset_{r:.2f}.npz"), (tmp_path / "again" / f"coreset_{r:.2f}.npz")
+        assert a.read_bytes() == b.read_bytes()
+    assert again.order.tobytes() == whole.order.tobytes()

@@ -3,6 +3,7 @@ write every output (coresets, curve, plots, summary) atomically."""
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from typing import Sequence
 
@@ -93,6 +94,57 @@ def _prepare_output(out, run_key: str, overwrite: bool) -> None:
     for p in entries:  # only our own outputs are removed; anything else in the folder stays
         if p.name in _OUR_FILES or (p.name.startswith("coreset_") and p.suffix in (".npz", ".jsonl")):
             p.unlink()
+        elif p.name == PARTS_DIR and p.is_dir():
+            shutil.rmtree(p)
+
+
+PARTS_DIR = "parts"  # finished parts of a partitioned selection, removed once the selection is written
+
+
+class PartFolder:
+    """Finished parts of a partitioned selection as files (`parts/part_00003.npz`, written
+    atomically), for `select_coreset(part_cache=...)`: a rerun of an interrupted `mint select`
+    with the same settings resumes at the part where it stopped. A file whose fingerprint differs
+    (other rows, sizes or settings) is ignored and replaced."""
+
+    def __init__(self, folder):
+        from pathlib import Path
+
+        self.folder = Path(folder)
+
+    def _file(self, part: int):
+        return self.folder / f"part_{part:05d}.npz"
+
+    def get(self, part: int, fingerprint: str):
+        import json
+
+        from mint.selection.partition import PartResult
+
+        file = self._file(part)
+        if not file.is_file():
+            return None
+        try:
+            with np.load(file, allow_pickle=False) as z:
+                if str(z["fingerprint"]) != fingerprint:
+                    return None
+                weights = {int(k.split("_", 1)[1]): z[k] for k in z.files if k.startswith("weights_")}
+                errors = {kind: {int(m): v for m, v in by.items()} for kind, by in json.loads(str(z["errors"])).items()}
+                return PartResult(z["order"], z["gains"], weights, errors)
+        except (OSError, ValueError, KeyError) as e:  # a damaged file: compute the part again
+            logger.warning("%s is unreadable (%s); computing that part again", file, e)
+            return None
+
+    def put(self, part: int, fingerprint: str, result) -> None:
+        import json
+
+        from mint._io import atomic_save_npz
+
+        arrays = {f"weights_{m}": w for m, w in result.weights.items()}
+        atomic_save_npz(self._file(part), order=result.order, gains=result.gains, fingerprint=np.array(fingerprint),
+                        errors=np.array(json.dumps(result.errors, sort_keys=True)), **arrays)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _available_bytes() -> int | None:
@@ -171,7 +223,7 @@ def run_selection(
         preheat_ratio=preheat_ratio, seed=seed, dtype=dtype, n_jobs=n_jobs, plateau_min_alpha=plateau_min_alpha,
         golden_tol=golden_tol, golden_max_iter=golden_max_iter, memory_limit_bytes=limit,
         cache_distances=cache_distances, strategy=strategy, partition_size=partition_size, preheat_max=preheat_max,
-        progress=progress,
+        part_cache=PartFolder(out / PARTS_DIR), progress=progress,
     )
     # the data file the coresets index into, recorded in every coreset file ("" when unknown)
     data_sha256 = data_prov["sha256"] if data_prov else inputs.get("data_sha256") or ""
@@ -180,6 +232,7 @@ def run_selection(
     summary = _summary(res, ratio_list, settings, inputs, data_prov, run_key, timings, files)
     atomic_write_text(out / "summary.txt", summary_text(summary))
     atomic_write_json(out / "summary.json", summary)
+    PartFolder(out / PARTS_DIR).remove()
     return res
 
 

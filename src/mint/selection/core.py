@@ -338,6 +338,7 @@ def select_coreset(
     strategy: str = "auto",
     partition_size: int = DEFAULT_PARTITION_SIZE,
     preheat_max: int = 10_000,  # the pre-sample's cap: alpha from at most 10,000 rows at any N
+    part_cache=None,
     block: int = DEFAULT_BLOCK,
     progress: bool = True,
 ) -> SelectionResult:
@@ -359,6 +360,9 @@ def select_coreset(
       `mint.selection.partition`) | auto (exact while its memory estimate fits the limit; without
       a limit, while N <= partition_size).
     preheat_max: the automatic alpha's pre-sample has min(round(preheat_ratio * N), preheat_max) rows.
+    part_cache: for a partitioned selection, an object with `get(part, fingerprint)` and
+      `put(part, fingerprint, result)` that keeps finished parts (the caller's storage; see
+      `mint.pipeline.select_step`), so an interrupted run resumes at the part where it stopped.
     """
     t0 = time.perf_counter()
     plan = _plan(features, ratios, method=method, alpha=alpha, alpha_method=alpha_method, coef=coef,
@@ -390,7 +394,8 @@ def select_coreset(
             run = partial(_exact, cache=cache, block=block, progress=False)
             order, gains, weights, errors, n_parts = select_partitioned(
                 features, plan, chosen_alpha, combo, partition_size=partition_size, run_exact=run,
-                n_jobs=est["partitioned"]["workers"], compute_errors=compute_errors, block=block, progress=progress)
+                n_jobs=est["partitioned"]["workers"], compute_errors=compute_errors, block=block, progress=progress,
+                part_cache=part_cache)
             used = f"partitioned ({n_parts} parts)"
     result = _result(plan, order=order, gains=gains, weights=weights, errors=errors, alpha=chosen_alpha, curve=curve,
                      strategy=used)

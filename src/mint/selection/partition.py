@@ -33,7 +33,7 @@ import numpy as np
 
 from mint.selection.distances import DEFAULT_BLOCK, Combination, cross_distances
 
-__all__ = ["DEFAULT_PARTITION_SIZE", "split_parts", "seat_order", "PartResult", "select_partitioned"]
+__all__ = ["DEFAULT_PARTITION_SIZE", "split_parts", "seat_order", "PartResult", "part_fingerprint", "select_partitioned"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,15 +97,47 @@ def _worker(p: int) -> tuple[int, PartResult]:
                            run_exact=s["run_exact"], compute_errors=s["compute_errors"])
 
 
+def part_fingerprint(rows: np.ndarray, counts: list[int], plan, alpha, compute_errors: bool) -> str:
+    """What determines a part's result: its rows, subset sizes and the selection settings."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+    h.update(json.dumps({"counts": counts, "method": plan.method, "alpha": alpha,
+                         "coef": list(plan.coef) if plan.coef is not None else None, "dtype": plan.dtype.name,
+                         "errors": compute_errors}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
 def _run_parts(features, parts, counts, *, plan, alpha, run_exact, compute_errors, n_jobs: int,
-               progress: bool) -> dict[int, PartResult]:
+               progress: bool, part_cache=None) -> dict[int, PartResult]:
+    """Every part with a budget, in worker processes when n_jobs > 1. `part_cache` (optional,
+    the caller's: `.get(p, fingerprint)` / `.put(p, fingerprint, PartResult)`) keeps finished
+    parts, so an interrupted selection resumes at the part where it stopped."""
     todo = [p for p in range(len(parts)) if counts[p]]
+    prints = {p: part_fingerprint(parts[p], counts[p], plan, alpha, compute_errors) for p in todo}
+    results: dict[int, PartResult] = {}
+    if part_cache is not None:
+        for p in todo:
+            found = part_cache.get(p, prints[p])
+            if found is not None:
+                results[p] = found
+        if results:
+            logger.info("partitioned selection: %d of %d parts already done", len(results), len(todo))
+    todo = [p for p in todo if p not in results]
+
+    def done(p: int, res: PartResult) -> None:
+        results[p] = res
+        if part_cache is not None:
+            part_cache.put(p, prints[p], res)
+        if bar is not None:
+            bar.update()
+
     bar = None
     if progress and len(todo) > 1:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc="parts", unit="part", leave=False)
-    results: dict[int, PartResult] = {}
     if n_jobs > 1 and len(todo) > 1 and hasattr(os, "fork"):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -115,17 +147,13 @@ def _run_parts(features, parts, counts, *, plan, alpha, run_exact, compute_error
         try:
             with ProcessPoolExecutor(max_workers=min(n_jobs, len(todo)), mp_context=mp.get_context("fork")) as pool:
                 for p, res in pool.map(_worker, todo):
-                    results[p] = res
-                    if bar is not None:
-                        bar.update()
+                    done(p, res)
         finally:
             _SHARED.clear()
     else:
         for p in todo:
-            results[p] = _select_part(features, parts[p], counts[p], plan=plan, alpha=alpha, run_exact=run_exact,
-                                      compute_errors=compute_errors)
-            if bar is not None:
-                bar.update()
+            done(p, _select_part(features, parts[p], counts[p], plan=plan, alpha=alpha, run_exact=run_exact,
+                                 compute_errors=compute_errors))
     if bar is not None:
         bar.close()
     return results
@@ -151,7 +179,7 @@ def _nearest_overall(features, rows: np.ndarray, selected: np.ndarray, combinati
 
 def select_partitioned(features: Mapping[str, Any], plan, alpha: float | None, combination: Combination, *,
                        partition_size: int, run_exact: Callable, n_jobs: int, compute_errors: bool,
-                       block: int = DEFAULT_BLOCK, progress: bool = True):
+                       block: int = DEFAULT_BLOCK, progress: bool = True, part_cache=None):
     """(order, gains, weights {k: ...}, errors {kind: {k: ...}}, n_parts) for the subset sizes of `plan`."""
     parts = split_parts(plan.n, partition_size, plan.seed)
     seats = seat_order([len(p) for p in parts], plan.k_max)
@@ -162,7 +190,7 @@ def select_partitioned(features: Mapping[str, Any], plan, alpha: float | None, c
     logger.info("partitioned selection: %d parts of about %d rows, %d worker(s)", len(parts),
                 round(plan.n / len(parts)), max(1, min(n_jobs, len(parts))))
     results = _run_parts(features, parts, counts, plan=plan, alpha=alpha, run_exact=run_exact,
-                         compute_errors=compute_errors, n_jobs=n_jobs, progress=progress)
+                         compute_errors=compute_errors, n_jobs=n_jobs, progress=progress, part_cache=part_cache)
     taken = np.zeros(len(parts), dtype=np.int64)
     order = np.empty(plan.k_max, dtype=np.int64)
     gains = np.empty(plan.k_max, dtype=np.float64)
