@@ -384,7 +384,9 @@ def select_coreset(
         if plan.auto:
             chosen_alpha, curve = _choose_alpha(features, plan, n_jobs=n_jobs, block=block, progress=progress)
             _log_stage("alpha_search", t0, " chose alpha %.6f (%s: %s)", chosen_alpha, alpha_method, curve.reason)
-        cache = _use_cache(chosen_alpha, cache_distances, est[used], limit)
+        # parts keep one matrix each unless asked: bounded memory is what partitioning is for
+        cache = (_use_cache(chosen_alpha, cache_distances, est[used], limit) if used == "exact"
+                 else cache_distances is True and chosen_alpha is not None)
         if used == "exact":
             order, gains, weights, errors = _exact(features, plan, chosen_alpha, cache=cache, block=block,
                                                    progress=progress, compute_errors=compute_errors)
