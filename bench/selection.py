@@ -13,7 +13,8 @@ As `mint select` does, the memory available now is passed as the engine's memory
     .venv/bin/python bench/selection.py --n 52000 --d 256 --alpha 0.97 --skip_floor   # full-N stage only
     .venv/bin/python bench/selection.py --n 52000 --d 256 --one_alpha 0.97             # one scan point
     .venv/bin/python bench/selection.py --partition_quality --n 20000 --d 1024 --partition_size 5000
-    .venv/bin/python bench/selection.py --n 270000 --d 1024 --strategy partitioned --skip_floor
+    .venv/bin/python bench/selection.py --n 270000 --d 1024 --skip_floor
+    .venv/bin/python bench/selection.py --n 1000000 --d 1024 --skip_floor --mmap_dir /tmp/feats_1m
 
 `--partition_quality` runs the exact engine (automatic alpha) and the partitioned one (the same
 alpha) on the same features and compares them on the exact objective: the facility-location
@@ -34,16 +35,19 @@ import numpy as np
 RATIOS = [0.05, 0.1, 0.15]
 
 
-def make_features(n: int, d: int, seed: int = 0, clusters=(64, 40), spread: float = 1.0) -> dict:
+def make_features(n: int, d: int, seed: int = 0, clusters=(64, 40), spread: float = 1.0, folder=None) -> dict:
     """PT and IFL features from two independent Gaussian mixtures, float32, rows normalised.
-    Generated in row chunks so N = 52,000 x D = 8192 needs no float64 copy."""
+    Generated in row chunks so N = 52,000 x D = 8192 needs no float64 copy. With `folder`, they
+    are written there as .npy files and returned memory-mapped (read-only), as a feature store's are."""
     rng = np.random.default_rng(seed)
     out = {}
     for kind, n_clusters in zip(("pt", "ifl"), clusters):
         centers = rng.standard_normal((n_clusters, d), dtype=np.float32)
         # cluster sizes vary (Dirichlet weights), as real task families do
         labels = rng.choice(n_clusters, size=n, p=rng.dirichlet(np.ones(n_clusters)))
-        X = np.empty((n, d), dtype=np.float32)
+        path = None if folder is None else os.path.join(folder, f"{kind}.npy")
+        X = (np.empty((n, d), dtype=np.float32) if path is None
+             else np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d)))
         for s in range(0, n, 4096):
             e = min(s + 4096, n)
             block = rng.standard_normal((e - s, d), dtype=np.float32)
@@ -51,6 +55,10 @@ def make_features(n: int, d: int, seed: int = 0, clusters=(64, 40), spread: floa
             block += centers[labels[s:e]]
             block /= np.linalg.norm(block, axis=1, keepdims=True)
             X[s:e] = block
+        if path is not None:
+            X.flush()
+            del X
+            X = np.load(path, mmap_mode="r")
         out[kind] = X
     return out
 
@@ -171,14 +179,15 @@ def run_partition_quality(n: int, d: int, seed: int, n_jobs: int | None, partiti
 
 
 def run_timing(n: int, d: int, seed: int, n_jobs: int | None, skip_floor: bool, alpha: float | None = None,
-               strategy: str = "auto", partition_size: int = 20_000) -> dict:
+               strategy: str = "auto", partition_size: int = 20_000, mmap_dir=None) -> dict:
     from mint import select_coreset
     from mint.selection.distances import alpha_combination, combined_distances
 
     t = time.perf_counter()
-    feats = make_features(n, d, seed)
+    feats = make_features(n, d, seed, folder=mmap_dir)
     gen_s = time.perf_counter() - t
-    out = {"n": n, "d": d, "seed": seed, "generate_s": round(gen_s, 1), "load_before": os.getloadavg()}
+    out = {"n": n, "d": d, "seed": seed, "generate_s": round(gen_s, 1), "load_before": os.getloadavg(),
+           "features": "memory-mapped .npy" if mmap_dir else "in memory"}
     base = _rss_now_gib()
     _rss_reset()
     cpu0 = _cpu_s()
@@ -301,6 +310,7 @@ def main(argv=None) -> int:
     p.add_argument("--strategy", default="auto", choices=["auto", "exact", "partitioned"])
     p.add_argument("--partition_size", type=int, default=20_000)
     p.add_argument("--partition_quality", action="store_true", help="partitioned against exact on the exact objective")
+    p.add_argument("--mmap_dir", default=None, help="write the features there as .npy and select from memory maps")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.exactness:
@@ -311,7 +321,7 @@ def main(argv=None) -> int:
         result = run_one_alpha(args.n, args.d, args.seed, args.one_alpha)
     else:
         result = run_timing(args.n, args.d, args.seed, args.n_jobs, args.skip_floor, args.alpha, args.strategy,
-                            args.partition_size)
+                            args.partition_size, args.mmap_dir)
     result["cpus"] = len(os.sched_getaffinity(0))
     print(json.dumps(result, default=str))
     return 0
