@@ -160,6 +160,43 @@ def alpaca_file(tmp_path) -> Path:
     return path
 
 
+def write_every_format(folder, records) -> dict:
+    """The same records in every file format mint reads, in `folder`; format name -> path."""
+    import csv
+    import gzip
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+    import pyarrow.parquet as pq
+
+    paths = {}
+    paths["jsonl"] = folder / "d.jsonl"
+    paths["jsonl"].write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    paths["json"] = folder / "d.json"
+    paths["json"].write_text(json.dumps(records), encoding="utf-8")
+    paths["jsonl.gz"] = folder / "d.jsonl.gz"
+    paths["jsonl.gz"].write_bytes(gzip.compress(paths["jsonl"].read_bytes()))
+    table = pa.Table.from_pylist(records)
+    paths["parquet"] = folder / "d.parquet"
+    pq.write_table(table, paths["parquet"])
+    paths["arrow"] = folder / "d.arrow"
+    with pa.OSFile(str(paths["arrow"]), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    paths["arrow_stream"] = folder / "stream.arrow"
+    with pa.OSFile(str(paths["arrow_stream"]), "wb") as sink, ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    for name, delimiter in (("csv", ","), ("tsv", "\t")):
+        paths[name] = folder / f"d.{name}"
+        with open(paths[name], "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(records[0]), delimiter=delimiter)
+            writer.writeheader()
+            writer.writerows(records)
+    paths["dataset_folder"] = folder / "saved"
+    datasets.Dataset.from_list(records).save_to_disk(str(paths["dataset_folder"]))
+    return paths
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -2,11 +2,9 @@
 fingerprint of a file is its sha256, a hub id offline is a clear error."""
 from __future__ import annotations
 
-import csv
-import gzip
-import json
-
 import pytest
+
+from conftest import write_every_format as _write_all
 
 from mint._io import sha256_file
 from mint.errors import MintError
@@ -19,42 +17,8 @@ RECORDS = [
 ]
 
 
-def _write_all(folder, records=RECORDS) -> dict:
-    """The same records in every file format mint reads; name -> path."""
-    import datasets
-    import pyarrow as pa
-    import pyarrow.ipc as ipc
-    import pyarrow.parquet as pq
-
-    paths = {}
-    paths["jsonl"] = folder / "d.jsonl"
-    paths["jsonl"].write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    paths["json"] = folder / "d.json"
-    paths["json"].write_text(json.dumps(records), encoding="utf-8")
-    paths["jsonl.gz"] = folder / "d.jsonl.gz"
-    paths["jsonl.gz"].write_bytes(gzip.compress(paths["jsonl"].read_bytes()))
-    table = pa.Table.from_pylist(records)
-    paths["parquet"] = folder / "d.parquet"
-    pq.write_table(table, paths["parquet"])
-    paths["arrow"] = folder / "d.arrow"
-    with pa.OSFile(str(paths["arrow"]), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    paths["arrow_stream"] = folder / "stream.arrow"
-    with pa.OSFile(str(paths["arrow_stream"]), "wb") as sink, ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    for name, delimiter in (("csv", ","), ("tsv", "\t")):
-        paths[name] = folder / f"d.{name}"
-        with open(paths[name], "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(records[0]), delimiter=delimiter)
-            writer.writeheader()
-            writer.writerows(records)
-    paths["dataset_folder"] = folder / "saved"
-    datasets.Dataset.from_list(records).save_to_disk(str(paths["dataset_folder"]))
-    return paths
-
-
 def test_every_format_reads_the_same_records(tmp_path):
-    paths = _write_all(tmp_path)
+    paths = _write_all(tmp_path, RECORDS)
     for name, path in paths.items():
         got = read_records(path)
         assert got == RECORDS, name
@@ -75,14 +39,14 @@ def test_dataset_dict_folder_and_split(tmp_path):
 
 
 def test_fingerprints(tmp_path):
-    paths = _write_all(tmp_path)
+    paths = _write_all(tmp_path, RECORDS)
     for name in ("jsonl", "parquet", "csv", "arrow"):
         assert source_sha256(paths[name]) == sha256_file(paths[name])  # what earlier versions recorded
     folder = paths["dataset_folder"]
     assert source_sha256(folder) == source_sha256(folder)
     for name in ("again", "other"):
         (tmp_path / name).mkdir()
-    again = _write_all(tmp_path / "again")
+    again = _write_all(tmp_path / "again", RECORDS)
     assert source_sha256(again["dataset_folder"]) == source_sha256(folder)  # same data, same fingerprint
     other = _write_all(tmp_path / "other", RECORDS[:2])
     assert source_sha256(other["dataset_folder"]) != source_sha256(folder)

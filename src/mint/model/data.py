@@ -260,13 +260,14 @@ def _pieces_or_explain(example: Example, tokenizer, template: str, assistant_tur
                         "fix the record's messages or use template 'plain'") from e
 
 
-def _segment_ids(examples, tokenizer, template: str, assistant_turns: str, progress: bool):
+def _segment_ids(examples, tokenizer, template: str, assistant_turns: str, progress: bool) -> list[list[list[int]]]:
     """Per example its segments (lists of ids: context, turn, context, turn, ...). Rendered and
     tokenized a chunk at a time: one batched call to the fast tokenizer per kind of piece and
     chunk, instead of one per example; chunks only so that the progress bar moves."""
     from tqdm.auto import tqdm
 
     eos, specials = tokenizer.eos_token_id, special_ids(tokenizer)
+    out: list[list[list[int]]] = []
     with tqdm(total=len(examples), unit="ex", desc="tokenize", disable=not progress) as bar:
         for start in range(0, len(examples), _TOKENIZE_CHUNK):
             part = examples[start:start + _TOKENIZE_CHUNK]
@@ -284,8 +285,9 @@ def _segment_ids(examples, tokenizer, template: str, assistant_turns: str, progr
                     cut = ends[-1] + 1 if ends else 0  # the end-of-turn: up to the suffix's last special token
                     segments += [carry + list(context), list(content) + (list(suffix[:cut]) if ends else [eos])]
                     carry = list(suffix[cut:]) if ends else (list(suffix) if p.suffix is not None else [])
-                yield segments
+                out.append(segments)
             bar.update(len(part))
+    return out
 
 
 def _fit(index: int, segments: list[list[int]], max_length: int) -> TokenizedExample:

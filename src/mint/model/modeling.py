@@ -31,6 +31,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "load_model_and_tokenizer",
+    "load_tokenizer",
     "seeded_torch",
     "LoraSettings",
     "DEFAULT_TARGET_MODULES",
@@ -167,6 +168,13 @@ def resolve_dtype(dtype: str, device: str):
     if dtype == "auto":
         return torch.float32 if device == "cpu" else torch.bfloat16
     return getattr(torch, dtype)  # the names of mint.choices.DTYPES are torch's
+
+
+def load_tokenizer(name_or_dir: str | os.PathLike):
+    """The tokenizer of a model (folder, alias or cached hub id) without loading its weights."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model(name_or_dir), local_files_only=True)
 
 
 def load_model_and_tokenizer(name_or_dir: str | os.PathLike, *, device: str = "auto", dtype: str = "auto"):
