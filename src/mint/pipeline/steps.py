@@ -210,10 +210,13 @@ def export(ctx: Context) -> None:
     def do(folder: Path) -> dict:
         from mint.pipeline.export import export_coreset
 
-        out = export_coreset(ctx.train_path, ctx.select_dir, folder)
+        out = export_coreset(ctx.train_path, ctx.select_dir, folder, assistant_turns=ctx.cfg.data.assistant_turns,
+                             seed=ctx.cfg.seed)
         return {"dir": ctx.run.rel(folder), "ratios": sorted(out)}
 
-    ctx.infos["export"] = ctx.run.step("export", {"select": ctx.infos["select"].key}, do)
+    # the exports' layout version: the ShareGPT and TRL files and the axolotl training keys came with 2
+    inputs = {"select": ctx.infos["select"].key, "layout": 2, "assistant_turns": ctx.cfg.data.assistant_turns}
+    ctx.infos["export"] = ctx.run.step("export", inputs, do)
 
 
 def _trained_coreset(ctx: Context) -> dict:
