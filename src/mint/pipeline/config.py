@@ -36,14 +36,13 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclass
 class DataConfig:
-    train: str | None = _f(None, "instruction data to select from: JSON, JSONL (.gz ok), parquet, CSV, Arrow, a "
-                                 "datasets save_to_disk folder or a hub dataset id (online only), in the Alpaca, "
-                                 "chat (`messages`), ShareGPT or prompt/completion schema; empty = the built-in demo data")
+    train: str | None = _f(None, "instruction data to select from: JSONL/JSON (.gz ok), parquet, CSV, Arrow, a datasets "
+                                 "folder or a hub id, in the Alpaca, chat, ShareGPT or prompt/completion schema; "
+                                 "empty = the built-in demo data")
     eval: str | None = _f(None, "held-out file for evaluation, same schema; empty = the demo's held-out split "
                                 "with demo data, else no evaluation")
     schema: str = _f("auto", "record schema: auto (detected from the first record) | alpaca | chat | sharegpt | "
                              "prompt_completion", choices=("auto", *choices.SCHEMAS))
-    # all: what LESS/open-instruct, LLaMA-Factory and axolotl learn; single-turn data is the same either way
     assistant_turns: str = _f("all", "which assistant turns of a conversation are learned: all (every one, as "
                                      "LESS, LLaMA-Factory and axolotl do) | last", choices=choices.ASSISTANT_TURNS)
     template: str = _f("auto", "prompt rendering: auto (chat template when the tokenizer has one) | chat | plain",
@@ -162,7 +161,6 @@ DEMO_PRESET: dict[str, Any] = {
     "eval.max_new_tokens": 24,
     "eval.generate_limit": 40,
 }
-
 
 
 def iter_fields(cls: type = RunConfig, prefix: str = ""):
