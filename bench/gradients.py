@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     tokenized = tokenize_examples(load_examples(data), tok, max_length=args.max_length, long_prompts="truncate")
     ids = collate_ids(tok)
     n = len(tokenized)
-    tokens = {"sft": sum(len(t.prompt_ids) + len(t.response_ids) for t in tokenized),
+    tokens = {"sft": sum(t.sft_length for t in tokenized),
               "pt": sum(1 + len(t.response_ids) for t in tokenized)}
     keys = [k for k, _ in lora_named_parameters(model)]
     collector = LoraGradCollector(model)

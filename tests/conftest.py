@@ -54,28 +54,51 @@ def _training_corpus():
     yield "0 1 2 3 4 5 6 7 8 9 { } [ ] : , . ? ! \" ' - + = ( )"
 
 
-def build_tiny_tokenizer():
-    """A byte-level BPE tokenizer trained in-process, with BOS/EOS/pad and a chat template."""
+# Chat templates of the Llama-3 and Gemma kinds (the shape of the real ones, cut to what mint reads):
+# Llama-3 ends an assistant turn with <|eot_id|> while its base EOS is <|end_of_text|>; Gemma trims
+# the content, names the assistant "model" and ends a turn with <end_of_turn> and a newline.
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+TEMPLATE_KINDS = {  # kind -> (special tokens, bos, eos, pad, chat template, the end-of-turn token)
+    "chatml": (["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"], "<|endoftext|>", "<|im_end|>", "<pad>",
+               CHAT_TEMPLATE, "<|im_end|>"),
+    "llama3": (["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+               "<|begin_of_text|>", "<|end_of_text|>", None, LLAMA3_TEMPLATE, "<|eot_id|>"),
+    "gemma": (["<bos>", "<eos>", "<pad>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>", "<pad>",
+              GEMMA_TEMPLATE, "<end_of_turn>"),
+}
+
+
+def build_tiny_tokenizer(kind: str = "chatml"):
+    """A byte-level BPE tokenizer trained in-process, with BOS/EOS/pad and a chat template of the
+    given kind (`TEMPLATE_KINDS`: ChatML by default, Llama-3 or Gemma)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    specials, bos, eos, pad, template, _ = TEMPLATE_KINDS[kind]
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=400,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"],
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_training_corpus(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        pad_token="<pad>",
-    )
-    fast.chat_template = CHAT_TEMPLATE
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad)
+    fast.chat_template = template
     return fast
 
 
@@ -135,6 +158,43 @@ def alpaca_file(tmp_path) -> Path:
         for r in make_alpaca_records():
             f.write(json.dumps(r) + "\n")
     return path
+
+
+def write_every_format(folder, records) -> dict:
+    """The same records in every file format mint reads, in `folder`; format name -> path."""
+    import csv
+    import gzip
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+    import pyarrow.parquet as pq
+
+    paths = {}
+    paths["jsonl"] = folder / "d.jsonl"
+    paths["jsonl"].write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    paths["json"] = folder / "d.json"
+    paths["json"].write_text(json.dumps(records), encoding="utf-8")
+    paths["jsonl.gz"] = folder / "d.jsonl.gz"
+    paths["jsonl.gz"].write_bytes(gzip.compress(paths["jsonl"].read_bytes()))
+    table = pa.Table.from_pylist(records)
+    paths["parquet"] = folder / "d.parquet"
+    pq.write_table(table, paths["parquet"])
+    paths["arrow"] = folder / "d.arrow"
+    with pa.OSFile(str(paths["arrow"]), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    paths["arrow_stream"] = folder / "stream.arrow"
+    with pa.OSFile(str(paths["arrow_stream"]), "wb") as sink, ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    for name, delimiter in (("csv", ","), ("tsv", "\t")):
+        paths[name] = folder / f"d.{name}"
+        with open(paths[name], "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(records[0]), delimiter=delimiter)
+            writer.writeheader()
+            writer.writerows(records)
+    paths["dataset_folder"] = folder / "saved"
+    datasets.Dataset.from_list(records).save_to_disk(str(paths["dataset_folder"]))
+    return paths
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,8 @@
 functions, the config checks and the command-line parsers (stdlib only, imported everywhere)."""
 from __future__ import annotations
 
-SCHEMAS = ("alpaca", "chat", "prompt_completion")  # record schemas; "auto" detects one of them
+SCHEMAS = ("alpaca", "chat", "sharegpt", "prompt_completion")  # record schemas; "auto" detects one of them
+ASSISTANT_TURNS = ("all", "last")  # which assistant turns of a conversation are learned
 TEMPLATES = ("auto", "chat", "plain")  # prompt rendering
 LONG_PROMPTS = ("error", "truncate")  # a prompt that alone fills max_length
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # model precision
@@ -13,3 +14,4 @@ ALPHA_METHODS = ("plateau", "plateau_scaled", "golden")  # automatic alpha
 WEIGHTINGS = ("loss", "sampling", "none")  # how coreset weights enter training
 FEATURE_KINDS = ("sft", "pt", "ifl")  # the three gradient features
 SELECTION_STRATEGIES = ("auto", "exact", "partitioned")  # one N x N matrix, or parts of bounded size
+MATERIALIZE = ("none", "replicate", "resample")  # exports for trainers that ignore weights

@@ -20,6 +20,7 @@ from mint.errors import MintError
 # subcommand -> module under mint.commands, in the order of the pipeline
 COMMANDS = {
     "run": "run",
+    "inspect": "inspect",
     "warmup": "warmup",
     "grads": "grads",
     "select": "select",

@@ -1,86 +1,44 @@
 """Reading and writing instruction records exactly as the user gave them.
 
-`read_records` accepts a JSON array or JSON Lines, optionally gzip-compressed, and returns the
-records untouched (schema checks live in `mint.model.data`). Errors name the file, the line and the fix.
+`read_records` reads any source `mint.sources` knows (JSON / JSON Lines, `.gz` too, parquet, CSV,
+Arrow, a `datasets` folder, a hub id) and returns the records untouched, with `where(i)` naming
+the file and line or row of each; schema checks live in `mint.model.schemas`. `detect_schema`
+is the one rule that maps a record's keys to its schema. Errors name the file, the line and the fix.
 """
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import os
-from pathlib import Path
 from typing import Iterable
 
 from mint._io import atomic_write_bytes
 from mint.errors import MintError
+from mint.sources import Records, read_source, source_format, source_sha256
 
-__all__ = ["read_records", "write_jsonl", "check_subset", "detect_schema", "record_schema", "SCHEMA_HINT"]
-
-
-def _read_text(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"data file not found: {path}") from None
-    except IsADirectoryError:
-        raise MintError(f"{path} is a folder; pass the JSON or JSON Lines file inside it") from None
-    if path.name.endswith(".gz"):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise MintError(f"{path}: not a valid gzip file ({e}); remove the .gz suffix if it is plain text") from e
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise MintError(f"{path}: not UTF-8 text (byte {e.start}); re-encode the file as UTF-8") from e
+__all__ = ["read_records", "write_jsonl", "check_subset", "detect_schema", "record_schema", "SCHEMA_HINT",
+           "Records", "source_sha256", "source_format"]
 
 
-def read_records(path: str | os.PathLike) -> list[dict]:
-    """All records of a JSON array or JSON Lines file (`.json`, `.jsonl`, either `.gz`), in file order."""
-    path = Path(path)
-    text = _read_text(path)
-    stripped = text.lstrip()
-    if not stripped:
-        raise MintError(f"{path} is empty; it should hold one JSON object per line or a JSON array of objects")
-    if stripped.startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise MintError(f"{path}, line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})") from e
-        where = [f"{path}, record {i}" for i in range(len(records))]
-    else:
-        records, where = [], []
-        for lineno, line in enumerate(io.StringIO(text), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise MintError(
-                    f"{path}, line {lineno}: malformed JSON ({e.msg} at column {e.colno}); "
-                    "each line must be one complete JSON object"
-                ) from e
-            where.append(f"{path}, line {lineno}")
-    if not records:
-        raise MintError(f"{path} holds no records; it should hold at least one JSON object")
-    for rec, loc in zip(records, where):
-        if not isinstance(rec, dict):
-            raise MintError(f"{loc}: expected a JSON object, found {type(rec).__name__}")
-    return records
+def read_records(path: str | os.PathLike) -> Records:
+    """All records of a data source, in order (see `mint.sources`): a list of dicts with
+    `.where(i)` (the file and line or row of record i) and `.format`."""
+    return read_source(path)
 
 
-SCHEMA_HINT = "expected 'instruction'/'input'/'output' (Alpaca), 'messages' (chat) or 'prompt'/'completion'"
+SCHEMA_HINT = ("expected 'instruction'/'output' (Alpaca, optional 'input', 'system', 'history'), 'messages' "
+               "(OpenAI chat), 'conversations' (ShareGPT) or 'prompt'/'completion'")
 
 
 def detect_schema(record: dict) -> str | None:
-    """The schema a record's keys point to ('alpaca', 'chat', 'prompt_completion'), or None.
+    """The schema a record's keys point to ('alpaca', 'chat', 'sharegpt', 'prompt_completion'), or None.
 
-    The one rule for every reader and writer (`mint.model.data`, `mint.pipeline.export`). It
+    The one rule for every reader and writer (`mint.model.schemas`, `mint.pipeline.export`). It
     looks at keys only; whether the record then carries every key of its schema is checked by
     whoever reads the values, so the error can name the missing key."""
     if "messages" in record:
         return "chat"
+    if "conversations" in record:
+        return "sharegpt"
     if "instruction" in record or ("output" in record and "prompt" not in record):
         return "alpaca"
     if "prompt" in record or "completion" in record:
@@ -94,7 +52,7 @@ def record_schema(record: dict, where: str = "record") -> str:
         raise MintError(f"{where}: expected a JSON object, found {type(record).__name__}")
     schema = detect_schema(record)
     if schema is None:
-        raise MintError(f"{where}: none of the three schemas fits the keys {sorted(record)}; {SCHEMA_HINT}")
+        raise MintError(f"{where}: no schema fits the keys {sorted(record)}; {SCHEMA_HINT}")
     return schema
 
 

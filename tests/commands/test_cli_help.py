@@ -18,7 +18,7 @@ def _available():
     return sorted(sub.choices)
 
 
-EVERY_COMMAND = ["eval", "export", "grads", "run", "select", "train", "warmup"]
+EVERY_COMMAND = ["eval", "export", "grads", "inspect", "run", "select", "train", "warmup"]
 
 
 def test_every_command_present():
@@ -79,7 +79,7 @@ def _options(name):
     return {s: a for a in sub.choices[name]._actions for s in a.option_strings}
 
 
-@pytest.mark.parametrize("name", ["warmup", "grads", "select", "train", "eval", "export"])
+@pytest.mark.parametrize("name", ["inspect", "warmup", "grads", "select", "train", "eval", "export"])
 def test_subcommand_options_follow_the_config(name):
     """Every dotted option is a config key, with the config's choices, and leaves the config default
     in place when it is not given."""

@@ -58,7 +58,7 @@ def test_json_array_and_gzip(tmp_path):
 @pytest.mark.parametrize(
     "records, pattern",
     [
-        ([{"instruction": "a", "output": "b"}, {"foo": 1}], r"line 2 \(record 1\): none of the three schemas"),
+        ([{"instruction": "a", "output": "b"}, {"foo": 1}], r"line 2 \(record 1\): no schema fits"),
         ([{"instruction": "a", "output": ""}], r"line 1.*'output' is empty"),
         ([{"instruction": "a", "input": ""}], r"missing key 'output'"),
         ([{"instruction": "a", "output": 3}], r"'output' must be a string, found int"),
@@ -86,7 +86,7 @@ def test_bad_files(tmp_path):
     with pytest.raises(MintError, match=r"line 2: malformed JSON"):
         load_examples(tmp_path / "broken.jsonl")
     with pytest.raises(MintError, match="unknown schema"):
-        load_examples(tmp_path / "broken.jsonl", schema="sharegpt")
+        load_examples(tmp_path / "broken.jsonl", schema="vicuna")
 
 
 def test_line_numbers_skip_blank_lines(tmp_path):

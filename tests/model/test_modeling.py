@@ -99,3 +99,54 @@ def test_lora_defaults_and_keys(tiny_model_dir, tmp_path):
         load_lora(base, tmp_path)
     with pytest.raises(MintError, match="target_modules"):
         add_lora(load_model_and_tokenizer(tiny_model_dir, device="cpu")[0], LoraSettings(target_modules=("nope",)))
+
+
+def test_all_linear_reaches_peft_as_its_string(tiny_model_dir):
+    model, _ = load_model_and_tokenizer(tiny_model_dir, device="cpu")
+    peft_model = add_lora(model, LoraSettings(r=2, alpha=4, dropout=0.0, target_modules=["all-linear"]))
+    adapted = {n.split(".")[-3] for n, _ in lora_named_parameters(peft_model)}
+    # every linear layer of the blocks (attention and MLP), not the output head
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert modeling._target_modules(model, LoraSettings(target_modules=["q_proj", "v_proj"])) == ["q_proj", "v_proj"]
+
+
+def test_hub_download_names_hf_and_skips_original_weights(monkeypatch):
+    import fnmatch
+
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot(name, **kw):
+        calls.append(kw)
+        if kw.get("local_files_only"):
+            raise FileNotFoundError("not in the cache")
+        return "/tmp/snapshot"
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    repo = ["config.json", "model.safetensors", "tokenizer.json", "original/consolidated.00.pth",
+            "original/params.json", "pytorch_model.bin"]
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda name: repo)
+    assert str(resolve_model("meta-llama/Llama-3.2-1B")) == "/tmp/snapshot"
+    kw = calls[-1]
+
+    def fetched(f):
+        return any(fnmatch.fnmatch(f, p) for p in kw["allow_patterns"]) and \
+            not any(fnmatch.fnmatch(f, p) for p in kw["ignore_patterns"])
+    assert [f for f in repo if fetched(f)] == ["config.json", "model.safetensors", "tokenizer.json"]
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda name: ["config.json", "pytorch_model.bin"])
+    resolve_model("old/model")
+    assert "*.bin" in calls[-1]["allow_patterns"]  # PyTorch weights only where there are no safetensors
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MintError, match=r"\(hf download org/m\)"):
+        resolve_model("org/m")
+
+
+def test_declared_transformers_supports_from_pretrained_dtype():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    (major, minor), = [tuple(map(int, m)) for m in re.findall(r'"transformers>=(\d+)\.(\d+)', text)]
+    assert (major, minor) >= (4, 56)  # the first release whose from_pretrained takes dtype=

@@ -11,7 +11,7 @@ from mint.pipeline.config import RunConfig
 
 CFG = RunConfig()
 RENDER = {"max_length": CFG.data.max_length, "template": CFG.data.template, "schema": CFG.data.schema,
-          "long_prompts": CFG.data.long_prompts}
+          "long_prompts": CFG.data.long_prompts, "assistant_turns": CFG.data.assistant_turns}
 MODEL = {"device": CFG.model.device, "dtype": CFG.model.dtype}
 
 

@@ -159,3 +159,30 @@ def test_run_without_held_out_file_skips_evaluation(run_config, tmp_path):
     assert result.steps["train_full"].outputs["n_train"] == 32
     assert result.metrics == {}
     assert "evaluation skipped" in result.report.read_text()
+
+
+def test_mint_run_on_multi_turn_sharegpt_parquet(tmp_path, tiny_model_dir):
+    """A parquet file of multi-turn ShareGPT records runs through; `data.assistant_turns` is part of
+    the keys of the steps that tokenize (it changes their ids here), not of the selection-only ones."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    torch.set_num_threads(1)
+    rows = []
+    for r in make_alpaca_records(24):
+        question = (r["instruction"] + " " + r.get("input", "")).strip()
+        rows.append({"conversations": [{"from": "human", "value": "hello"}, {"from": "gpt", "value": "hi there"},
+                                       {"from": "human", "value": question}, {"from": "gpt", "value": r["output"]}]})
+    pq.write_table(pa.Table.from_pylist(rows[:20]), tmp_path / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[20:]), tmp_path / "eval.parquet")
+    overrides = {"output_dir": str(tmp_path / "run"), "threads": 1, "data.train": str(tmp_path / "train.parquet"),
+                 "data.eval": str(tmp_path / "eval.parquet"), "data.max_length": 64, "model.name": str(tiny_model_dir),
+                 "model.device": "cpu", "warmup.sample_ratio": 0.25, "warmup.epochs": 1, "grads.proj_dim": 16,
+                 "selection.ratios": [0.25], "train.epochs": 1, "train.random_baseline": False}
+    first = run_pipeline(load_config(None, overrides))
+    assert read_step(tmp_path / "run", "warmup")["inputs"]["render"]["assistant_turns"] == "all"
+    assert (tmp_path / "run" / "export" / "coreset_0.25.trl.jsonl").is_file()
+    again = run_pipeline(load_config(None, {**overrides, "data.assistant_turns": "last"}))
+    assert {"warmup", "grads", "train_coreset", "eval/base"} <= _ran(again)
+    assert first.metrics["coreset"]["n_response_tokens"] > again.metrics["coreset"]["n_response_tokens"]

@@ -3,30 +3,40 @@ from __future__ import annotations
 
 import argparse
 
+from mint.choices import MATERIALIZE
 from mint.commands.options import add_config_options, config_from_args
 
-HELP = "export the coresets of a selection folder for other trainers (JSONL, messages, LLaMA-Factory, axolotl)"
+HELP = "export the coresets of a selection folder for other trainers (JSONL, messages, LLaMA-Factory, axolotl, TRL)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("LLaMA-Factory and axolotl ignore the `weight` field unless told to use it; "
                      "`mint train --coreset` applies the weights.")
-    add_config_options(parser, [("data.train", "--data")], required=["data.train"],
-                       overrides={"data.train": {"help": "the data file the selection was made from"}})
+    add_config_options(parser, [("data.train", "--data"), ("data.assistant_turns", "--assistant_turns"), "seed"],
+                       required=["data.train"],
+                       overrides={"data.train": {"help": "the data file the selection was made from"},
+                                  "data.assistant_turns": {"help": "the assistant turns training learned: all | last "
+                                                                   "(the trainer entries then learn the same)"},
+                                  "seed": {"help": "seed of --materialize_weights resample (default: 0)"}})
     parser.add_argument("--selection", required=True, metavar="DIR",
                         help="output folder of `mint select` (holds coreset_R.npz)")
     parser.add_argument("--output_dir", help="where to write the exports (default: the selection folder)")
     parser.add_argument("--ratios", type=float, nargs="+", help="only these ratios (default: all)")
     parser.add_argument("--name", default="mint_coreset", help="dataset name prefix for LLaMA-Factory entries")
+    parser.add_argument("--materialize_weights", default="none", choices=MATERIALIZE,
+                        help="for trainers that ignore weights: replicate (each record round(weight) times) or "
+                             "resample (the coreset's size, drawn proportionally to the weights, seeded); default none")
 
 
 def run(args: argparse.Namespace) -> int:
     from mint.pipeline.export import export_coreset
 
     cfg = config_from_args(args)
-    out = export_coreset(cfg.data.train, args.selection, args.output_dir, ratios=args.ratios, name=args.name)
+    out = export_coreset(cfg.data.train, args.selection, args.output_dir, ratios=args.ratios, name=args.name,
+                         assistant_turns=cfg.data.assistant_turns, materialize_weights=args.materialize_weights,
+                         seed=cfg.seed)
     for ratio, paths in sorted(out.items()):
-        print(f"ratio {ratio:.2f}: {paths['records']}  {paths['messages']}")
+        print(f"ratio {ratio:.2f}: {paths['records']}  {paths['messages']}  {paths['sharegpt']}  {paths['trl']}")
     folder = next(iter(out.values()))["records"].parent
     print(f"LLaMA-Factory: {folder / 'dataset_info.json'}; axolotl: {folder / 'axolotl_datasets.yaml'}; "
           f"notes: {folder / 'EXPORTS.md'}")

@@ -98,13 +98,15 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
 
 
 # The help of `data.train` for the subcommands, where it is required (the config's text speaks of the demo).
-DATA_HELP = {"data.train": {"help": "instruction data: JSON array or JSON Lines (.gz ok) in Alpaca, chat "
-                                    "(`messages`) or prompt/completion schema"}}
+DATA_HELP = {"data.train": {"help": "instruction data: JSON, JSONL (.gz ok), parquet, CSV, Arrow, a datasets "
+                                    "save_to_disk folder or a hub dataset id, in the Alpaca, chat (`messages`), "
+                                    "ShareGPT or prompt/completion schema"}}
 
 # Key groups shared by several subcommands, with the spellings of earlier versions as aliases.
 MODEL_KEYS = (("model.name", "--model"), ("model.device", "--device"), ("model.dtype", "--dtype"))
 RENDER_KEYS = (("data.max_length", "--max_length"), ("data.long_prompts", "--long_prompts"),
-               ("data.template", "--template"), ("data.schema", "--schema"))
+               ("data.template", "--template"), ("data.schema", "--schema"),
+               ("data.assistant_turns", "--assistant_turns"))
 LORA_KEYS = (("lora.r", "--lora_r"), ("lora.alpha", "--lora_alpha"), ("lora.dropout", "--lora_dropout"),
              ("lora.target_modules", "--target_modules"))
 

@@ -1,43 +1,36 @@
 """Instruction data: records -> examples -> token ids -> batches in the SFT and PT views.
 
-Three record schemas are read (the schema of a file is taken from its first record and every
-record must follow it):
+Records are read by `mint.records.read_records` (every format of `mint.sources`) and parsed by
+`mint.model.schemas` (Alpaca with system and history, OpenAI chat, ShareGPT, prompt/completion
+and TRL's conversational form); the schema of a source is taken from its first record (``auto``,
+logged) and every record must follow it. Other fields are kept untouched in ``Example.record``.
 
-- ``alpaca``: ``instruction``, optional ``input``, ``output``;
-- ``chat``: ``messages``, a list of ``{"role", "content"}``; the last assistant message is the
-  response, the messages before it are the prompt (any after it are ignored);
-- ``prompt_completion``: ``prompt``, ``completion``.
+Text pieces come from `mint.model.turns` (chat template or plain rendering; the response ends
+with what the chat template writes after an assistant turn, its end-of-turn token, or with EOS).
+``assistant_turns``: ``all`` (the default) learns every assistant turn of a conversation, as
+LESS/open-instruct, LLaMA-Factory and axolotl do; ``last`` only the last one. Single-turn
+records give the same ids either way.
 
-Other fields are kept untouched in ``Example.record``.
+Tokenization: every piece is tokenized on its own (no special tokens added) and the pieces are
+concatenated, so the learned ids are the same in both views:
 
-Rendering (``template``):
+- SFT view: ``context_0 + turn_0 + context_1 + turn_1 + ...``, labels on the turns only;
+- PT view: ``[bos_id] + turn_0 + turn_1 + ...``, labels on the turns only.
 
-- ``chat``: the tokenizer's chat template with ``add_generation_prompt=True``; an Alpaca record is
-  one user message, ``instruction`` followed by a blank line and ``input`` when there is an input;
-  a prompt/completion record is one user message holding the prompt.
-- ``plain``: every prompt message as ``"### {Role}:\\n{content}\\n\\n"`` (Role capitalised) followed
-  by ``"### Assistant:\\n"``; a prompt/completion record keeps its prompt text verbatim.
-- ``auto`` (default): ``chat`` when the tokenizer has a chat template, else ``plain``; a
-  prompt/completion record is always kept verbatim under ``auto`` (its prompt is already text).
+So ``L_SFT`` and ``L_PT`` are means over the same ids and ``L_IFL = L_SFT - L_PT`` holds exactly.
+"Uses BOS": the first context starts with BOS only when the tokenizer itself adds BOS on
+``encode`` (Llama-2/3 style) and the rendered text does not already start with it. The PT view
+always has one start token so that *every* learned token has a context and is scored in both
+views: the tokenizer's BOS token if it has one, else its EOS token (GPT-2 style). See
+`collate_ids`. SmolLM2-135M-Instruct does not add BOS on encode and its BOS is ``<|im_start|>``,
+so its PT view is ``<|im_start|>`` followed by the response.
 
-Tokenization: the rendered prompt and the response are tokenized separately (no special tokens
-added) and concatenated, and the response ends with EOS, so the response ids are the same in
-both views:
-
-- SFT view: ``prompt_ids + response_ids``, labels on the response only;
-- PT view: ``[bos_id] + response_ids``, labels on the response only.
-
-"Uses BOS": the prompt starts with BOS only when the tokenizer itself adds BOS on ``encode``
-(Llama-2/3 style) and the rendered prompt does not already start with it. The PT view always
-has one start token so that *every* response token has a context and is scored in both views
-(which keeps ``L_SFT = L_PT + L_IFL`` exact): the tokenizer's BOS token if it has one, else its
-EOS token (GPT-2 style). See `collate_ids`. SmolLM2-135M-Instruct does not add BOS on encode and
-its BOS is ``<|im_start|>``, so its PT view is ``<|im_start|>`` followed by the response.
-
-Truncation to ``max_length`` keeps the response: the prompt is cut from the left (down to one
-token); only when the response alone does not fit is the response cut from the right (it then
-loses its EOS). Truncated examples are counted and logged. A prompt that alone fills
-``max_length`` leaves no room for a response and is an error, unless ``long_prompts="truncate"``.
+Truncation to ``max_length`` keeps the learned ids: the first context is cut from the left (down
+to one token); a conversation still too long loses its earliest turns (context and response, from
+both views); only when the last turn alone does not fit is its response cut from the right (it
+then loses its end-of-turn). Truncated examples are counted and logged. A first context that
+alone fills ``max_length`` leaves no room for a response and is an error, unless
+``long_prompts="truncate"``.
 """
 from __future__ import annotations
 
@@ -45,12 +38,15 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import cached_property
+from itertools import chain
 from typing import Any, Sequence
 
-from mint._io import sha256_bytes, sha256_file
-from mint.choices import LONG_PROMPTS, SCHEMAS, TEMPLATES
+from mint._io import sha256_bytes
+from mint.choices import ASSISTANT_TURNS, LONG_PROMPTS, SCHEMAS, TEMPLATES
 from mint.errors import MintError
+from mint.model.schemas import BadRecord, parse_record
+from mint.model.turns import render_prompt, special_ids, turn_pieces
 from mint.records import SCHEMA_HINT, detect_schema
 
 __all__ = [
@@ -62,6 +58,7 @@ __all__ = [
     "detect_schema",
     "render_prompt",
     "tokenize_examples",
+    "token_settings",
     "collate",
     "collate_ids",
     "dataset_fingerprint",
@@ -75,8 +72,10 @@ _TOKENIZE_CHUNK = 1024  # examples per tokenizer call: large enough to amortise 
 
 @dataclass(frozen=True)
 class Example:
-    """One instruction example. ``prompt_messages`` is the prompt as chat messages (for every
-    schema); ``prompt_text`` is the raw prompt of a prompt/completion record, else None."""
+    """One instruction example. ``prompt_messages`` is the conversation before the response (for
+    every schema); ``prompt_text`` is the raw prompt of a plain-text prompt/completion record, else
+    None; ``learned``: indices in ``prompt_messages`` of the earlier assistant turns that
+    ``assistant_turns='all'`` learns too."""
 
     index: int
     schema: str
@@ -84,152 +83,102 @@ class Example:
     response: str
     record: dict = field(repr=False)
     prompt_text: str | None = None
+    learned: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class TokenizedExample:
+    """Token ids as ``segments``: context, learned turn, context, learned turn, ... (an even
+    number, a context first)."""
+
     index: int
-    prompt_ids: tuple[int, ...]
-    response_ids: tuple[int, ...]
-    truncated: bool = False  # prompt or response was cut to fit max_length
-    response_truncated: bool = False  # the response itself was cut (it then has no EOS)
+    segments: tuple[tuple[int, ...], ...]
+    truncated: bool = False  # ids were cut to fit max_length
+    response_truncated: bool = False  # the last response itself was cut (it then has no end-of-turn)
+
+    @property
+    def prompt_ids(self) -> tuple[int, ...]:
+        """The context before the first learned turn."""
+        return self.segments[0]
+
+    @cached_property
+    def response_ids(self) -> tuple[int, ...]:
+        """Every learned id in order: the labels of both views and the PT view's body."""
+        return tuple(chain.from_iterable(self.segments[1::2]))
+
+    @property
+    def sft_length(self) -> int:
+        return sum(len(s) for s in self.segments)
+
+    @property
+    def last_prompt_ids(self) -> tuple[int, ...]:
+        """Everything before the last learned turn: the prompt to generate the last response from."""
+        return tuple(chain.from_iterable(self.segments[:-1]))
+
+    @property
+    def last_response_ids(self) -> tuple[int, ...]:
+        return self.segments[-1]
 
 
 # ---------------------------------------------------------------------------------------------
 # Records -> examples
 
 
-def _line_of(path: Path, i: int) -> str:
-    """Where record i sits, for error messages: the line for JSON Lines, else the record index."""
-    try:
-        from mint.records import _read_text  # the same decoding the reader used
+def load_examples(path: str | os.PathLike, *, schema: str = "auto", assistant_turns: str = "all") -> list[Example]:
+    """Read a data source (any format of `mint.sources`) into examples, in order.
 
-        text = _read_text(path)
-    except Exception:  # the location is a courtesy; never let it hide the real error
-        return f"{path}, record {i}"
-    if text.lstrip().startswith("["):
-        return f"{path}, record {i}"
-    n = -1
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            n += 1
-            if n == i:
-                return f"{path}, line {lineno} (record {i})"
-    return f"{path}, record {i}"
-
-
-class _BadRecord(Exception):
-    pass
-
-
-def _need_str(record: dict, key: str, *, optional: bool = False, nonempty: bool = False) -> str:
-    if key not in record or (optional and record[key] is None):
-        if optional:
-            return ""
-        raise _BadRecord(f"missing key {key!r}")
-    value = record[key]
-    if not isinstance(value, str):
-        raise _BadRecord(f"{key!r} must be a string, found {type(value).__name__} ({json.dumps(value)[:60]})")
-    if nonempty and not value.strip():
-        raise _BadRecord(f"{key!r} is empty")
-    return value
-
-
-def _parse(record: dict, schema: str) -> tuple[tuple[dict, ...], str, str | None]:
-    if schema == "alpaca":
-        instruction = _need_str(record, "instruction", nonempty=True)
-        inp = _need_str(record, "input", optional=True)
-        output = _need_str(record, "output", nonempty=True)
-        content = f"{instruction}\n\n{inp}" if inp.strip() else instruction
-        return ({"role": "user", "content": content},), output, None
-    if schema == "prompt_completion":
-        prompt = _need_str(record, "prompt")
-        completion = _need_str(record, "completion", nonempty=True)
-        return ({"role": "user", "content": prompt},), completion, prompt
-    messages = record.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _BadRecord("'messages' must be a non-empty list of {'role', 'content'} objects")
-    for k, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise _BadRecord(f"messages[{k}] must be an object with 'role' and 'content'")
-        if not isinstance(m["role"], str):
-            raise _BadRecord(f"messages[{k}].role must be a string, found {type(m['role']).__name__}")
-        if not isinstance(m["content"], str):
-            raise _BadRecord(f"messages[{k}].content must be a string, found {type(m['content']).__name__}")
-    last = max((k for k, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-    if last is None:
-        raise _BadRecord("no assistant message; the last assistant message is the response to learn")
-    if not messages[last]["content"].strip():
-        raise _BadRecord(f"messages[{last}] (the response) is empty")
-    prompt = tuple({"role": m["role"], "content": m["content"]} for m in messages[:last])
-    return prompt, messages[last]["content"], None
-
-
-def load_examples(path: str | os.PathLike, *, schema: str = "auto") -> list[Example]:
-    """Read a JSON / JSON Lines file (optionally .gz) into examples, in file order.
-
-    ``schema`` is ``auto`` (taken from the first record) or one of `SCHEMAS`; every record must
-    follow it. Bad records raise `MintError` naming the file, line and key.
+    ``schema`` is ``auto`` (taken from the first record, and logged) or one of `SCHEMAS`; every
+    record must follow it. ``assistant_turns='last'`` refuses two assistant turns in a row before
+    the response. Bad records raise `MintError` naming the file, line (or row) and key.
     """
     from mint.records import read_records
 
-    path = Path(path)
     if schema != "auto" and schema not in SCHEMAS:
         raise MintError(f"unknown schema {schema!r}; use one of auto, {', '.join(SCHEMAS)}")
+    if assistant_turns not in ASSISTANT_TURNS:
+        raise MintError(f"assistant_turns must be one of {', '.join(ASSISTANT_TURNS)}, got {assistant_turns!r}")
     records = read_records(path)
     if schema == "auto":
         schema = detect_schema(records[0])
         if schema is None:
-            raise MintError(f"{_line_of(path, 0)}: none of the three schemas fits the keys {sorted(records[0])}; "
-                            f"{SCHEMA_HINT}")
+            raise MintError(f"{records.where(0)}: no schema fits the keys {sorted(records[0])}; {SCHEMA_HINT}")
+        log.info("%s: %d records, %s format, %s schema (detected from the first record)", records.source,
+                 len(records), records.format, schema)
     examples, ignored_tail = [], 0
     for i, record in enumerate(records):
         found = detect_schema(record)
         try:
             if found is None:
-                raise _BadRecord(f"none of the three schemas fits the keys {sorted(record)}; {SCHEMA_HINT}")
+                raise BadRecord(f"no schema fits the keys {sorted(record)}; {SCHEMA_HINT}")
             if found != schema:
-                raise _BadRecord(f"a {found} record in a {schema} file; use one schema per file")
-            prompt, response, prompt_text = _parse(record, schema)
-        except _BadRecord as e:
-            raise MintError(f"{_line_of(path, i)}: {e}; fix or remove this record") from None
-        if schema == "chat":
-            ignored_tail += int(record["messages"][-1]["role"] != "assistant")
-        examples.append(Example(i, schema, prompt, response, record, prompt_text))
+                raise BadRecord(f"a {found} record in a {schema} file; use one schema per file")
+            parsed = parse_record(record, schema, assistant_turns=assistant_turns)
+        except BadRecord as e:
+            raise MintError(f"{records.where(i)}: {e}; fix or remove this record") from None
+        ignored_tail += int(schema == "chat" and record["messages"][-1].get("role") != "assistant")
+        examples.append(Example(i, schema, parsed.prompt_messages, parsed.response, record, parsed.prompt_text,
+                                parsed.learned))
     if ignored_tail:
         log.info("%s: %d chat records have messages after their last assistant message; those are ignored",
-                 path, ignored_tail)
+                 records.source, ignored_tail)
     return examples
+
+
+def token_settings(examples: Sequence[Example], *, template: str, max_length: int, long_prompts: str,
+                   assistant_turns: str) -> dict[str, Any]:
+    """The settings that decide the token ids, for fingerprints and resume checks: the detected
+    schema, template, max_length, long_prompts, and ``assistant_turns`` only when some example has
+    an earlier assistant turn (for single-turn data it changes nothing, and the fingerprints stay
+    those of earlier versions)."""
+    settings = {"schema": examples[0].schema if examples else None, "template": template,
+                "max_length": max_length, "long_prompts": long_prompts}
+    if any(ex.learned for ex in examples):
+        settings["assistant_turns"] = assistant_turns
+    return settings
 
 
 # ---------------------------------------------------------------------------------------------
 # Examples -> token ids
-
-
-def _plain_prompt(example: Example) -> str:
-    if example.prompt_text is not None:
-        return example.prompt_text
-    parts = [f"### {m['role'].capitalize()}:\n{m['content']}\n\n" for m in example.prompt_messages]
-    return "".join(parts) + "### Assistant:\n"
-
-
-def _resolve_template(template: str, tokenizer) -> str:
-    if template not in TEMPLATES:
-        raise MintError(f"unknown template {template!r}; use one of {', '.join(TEMPLATES)}")
-    has_chat = bool(getattr(tokenizer, "chat_template", None))
-    if template == "chat" and not has_chat:
-        raise MintError("template 'chat' was asked for but the tokenizer has no chat template; use 'plain' or 'auto'")
-    if template == "auto":
-        return "chat" if has_chat else "plain"
-    return template
-
-
-def render_prompt(example: Example, tokenizer, *, template: str = "auto") -> str:
-    """The prompt text the model sees before the response (see the module docstring)."""
-    mode = _resolve_template(template, tokenizer)
-    if mode == "plain" or (template == "auto" and example.prompt_text is not None):
-        return _plain_prompt(example)
-    return tokenizer.apply_chat_template(list(example.prompt_messages), tokenize=False, add_generation_prompt=True)
 
 
 def _adds_bos(tokenizer) -> bool:
@@ -257,36 +206,35 @@ def tokenize_examples(
     max_length: int,
     template: str = "auto",
     long_prompts: str = "error",
+    assistant_turns: str = "all",
     progress: bool = False,
 ) -> list[TokenizedExample]:
-    """Token ids of prompt and response, tokenized separately, truncated to ``max_length``.
+    """Token ids of every context and learned turn, tokenized piece by piece, cut to ``max_length``.
 
-    ``long_prompts``: what to do with a prompt that alone fills ``max_length``: ``error`` (the
-    default: such a record is bad input) or ``truncate`` (cut it from the left like any other
-    prompt; the example then counts as truncated). ``progress``: a progress bar (about 1 ms per
-    example for SmolLM2's tokenizer on one CPU core: most of a minute for 52,000 records).
+    ``long_prompts``: what to do with a first context that alone fills ``max_length``: ``error``
+    (the default: such a record is bad input) or ``truncate`` (cut it from the left like any other
+    context; the example then counts as truncated). ``assistant_turns``: ``all`` or ``last`` (see
+    the module docstring). ``progress``: a progress bar (about 1 ms per example for SmolLM2's
+    tokenizer on one CPU core: most of a minute for 52,000 records).
     """
     if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
         raise MintError(f"max_length must be an integer >= 2, got {max_length!r}")
     if long_prompts not in LONG_PROMPTS:
         raise MintError(f"long_prompts must be one of {', '.join(LONG_PROMPTS)}, got {long_prompts!r}")
-    eos = tokenizer.eos_token_id
-    if eos is None:
+    if assistant_turns not in ASSISTANT_TURNS:
+        raise MintError(f"assistant_turns must be one of {', '.join(ASSISTANT_TURNS)}, got {assistant_turns!r}")
+    if tokenizer.eos_token_id is None:
         raise MintError("the tokenizer has no EOS token; the response must end with one")
     bos = tokenizer.bos_token_id
     add_bos = _adds_bos(tokenizer)
-    prompts = [_render_or_explain(ex, tokenizer, template) for ex in examples]
-    prompt_ids, response_ids = _token_ids(tokenizer, prompts, [ex.response for ex in examples], progress)
     out, too_long = [], []
-    for ex, p, r in zip(examples, prompt_ids, response_ids):
-        p = list(p)
-        if add_bos and (not p or p[0] != bos):
-            p = [bos] + p
-        r = list(r) + [eos]
-        if len(p) >= max_length and long_prompts == "error":
-            too_long.append((ex.index, len(p)))
+    for ex, segments in zip(examples, _segment_ids(examples, tokenizer, template, assistant_turns, progress)):
+        if add_bos and (not segments[0] or segments[0][0] != bos):
+            segments[0] = [bos] + segments[0]
+        if len(segments[0]) >= max_length and long_prompts == "error":
+            too_long.append((ex.index, len(segments[0])))
             continue
-        out.append(_fit(ex.index, p, r, max_length))
+        out.append(_fit(ex.index, segments, max_length))
     if too_long:
         shown = ", ".join(f"record {i} ({n} tokens)" for i, n in too_long[:5])
         raise MintError(
@@ -301,10 +249,10 @@ def tokenize_examples(
     return out
 
 
-def _render_or_explain(example: Example, tokenizer, template: str) -> str:
-    """`render_prompt`, with a chat template's own error turned into a `MintError` naming the record."""
+def _pieces_or_explain(example: Example, tokenizer, template: str, assistant_turns: str):
+    """`turn_pieces`, with a chat template's own error turned into a `MintError` naming the record."""
     try:
-        return render_prompt(example, tokenizer, template=template)
+        return turn_pieces(example, tokenizer, template=template, assistant_turns=assistant_turns)
     except MintError:
         raise
     except Exception as e:  # e.g. a chat template that rejects a system message or role order
@@ -312,42 +260,64 @@ def _render_or_explain(example: Example, tokenizer, template: str) -> str:
                         "fix the record's messages or use template 'plain'") from e
 
 
-def _token_ids(tokenizer, prompts: list[str], responses: list[str], progress: bool) -> tuple[list, list]:
-    """Token ids of the prompts and of the responses, no special tokens added. Batched calls to
-    the fast tokenizer (one Rust call per chunk instead of one per example); chunks only so that
-    the progress bar moves."""
+def _segment_ids(examples, tokenizer, template: str, assistant_turns: str, progress: bool) -> list[list[list[int]]]:
+    """Per example its segments (lists of ids: context, turn, context, turn, ...). Rendered and
+    tokenized a chunk at a time: one batched call to the fast tokenizer per kind of piece and
+    chunk, instead of one per example; chunks only so that the progress bar moves."""
     from tqdm.auto import tqdm
 
-    prompt_ids, response_ids = [], []
-    chunk = _TOKENIZE_CHUNK
-    with tqdm(total=len(prompts), unit="ex", desc="tokenize", disable=not progress) as bar:
-        for start in range(0, len(prompts), chunk):
-            part = slice(start, start + chunk)
-            prompt_ids += tokenizer(prompts[part], add_special_tokens=False)["input_ids"]
-            response_ids += tokenizer(responses[part], add_special_tokens=False)["input_ids"]
-            bar.update(len(prompts[part]))
-    return prompt_ids, response_ids
+    eos, specials = tokenizer.eos_token_id, special_ids(tokenizer)
+    out: list[list[list[int]]] = []
+    with tqdm(total=len(examples), unit="ex", desc="tokenize", disable=not progress) as bar:
+        for start in range(0, len(examples), _TOKENIZE_CHUNK):
+            part = examples[start:start + _TOKENIZE_CHUNK]
+            pieces = [_pieces_or_explain(ex, tokenizer, template, assistant_turns) for ex in part]
+            flat = [p for ps in pieces for p in ps]
+            ids = [tokenizer([getattr(p, kind) or "" for p in flat], add_special_tokens=False)["input_ids"]
+                   if flat else [] for kind in ("context", "content", "suffix")]
+            k = 0
+            for ps in pieces:
+                segments, carry = [], []
+                for p in ps:
+                    context, content, suffix = ids[0][k], ids[1][k], ids[2][k]
+                    k += 1
+                    ends = [j for j, t in enumerate(suffix) if t in specials] if p.suffix is not None else []
+                    cut = ends[-1] + 1 if ends else 0  # the end-of-turn: up to the suffix's last special token
+                    segments += [carry + list(context), list(content) + (list(suffix[:cut]) if ends else [eos])]
+                    carry = list(suffix[cut:]) if ends else (list(suffix) if p.suffix is not None else [])
+                out.append(segments)
+            bar.update(len(part))
+    return out
 
 
-def _fit(index: int, p: list[int], r: list[int], max_length: int) -> TokenizedExample:
-    """Prompt ids ``p`` and response ids ``r`` (with EOS) cut to ``max_length`` together: the
-    prompt from the left (down to one token), the response from the right only when it alone
-    does not fit."""
-    truncated = response_cut = False
-    if len(p) + len(r) > max_length:
-        truncated = True
+def _fit(index: int, segments: list[list[int]], max_length: int) -> TokenizedExample:
+    """Segments cut to ``max_length``: the first context from the left (down to one token), then
+    whole earliest turns, and only then the last response from the right (see the module docstring)."""
+    segs = [list(s) for s in segments]
+    total = sum(len(s) for s in segs)
+    truncated, response_cut = total > max_length, False
+    while total > max_length and len(segs) > 2:
+        cut = max(0, min(total - max_length, len(segs[0]) - 1))
+        segs[0] = segs[0][cut:]
+        total -= cut
+        if total > max_length:  # drop the earliest turn; the next context then comes first
+            total -= len(segs[0]) + len(segs[1])
+            segs = segs[2:]
+    p, r = segs[-2], segs[-1]
+    if len(segs) == 2 and total > max_length:
         # The response must also fit the PT view (start token + response) and keep one prompt token.
         if len(r) > max_length - 1:
             r = r[: max_length - 1]
             response_cut = True
         keep = max(1, max_length - len(r))
         p = p[len(p) - keep:]
-    return TokenizedExample(index, tuple(p), tuple(r), truncated, response_cut)
+    segs[-2:] = [p, r]
+    return TokenizedExample(index, tuple(tuple(s) for s in segs), truncated, response_cut)
 
 
 def collate(tokenized: Sequence[TokenizedExample], view: str, *, pad_id: int, bos_id: int | None) -> dict[str, Any]:
     """A right-padded batch: ``input_ids``, ``attention_mask``, ``labels`` (-100 except on the
-    response tokens). ``view`` is ``sft`` (prompt + response) or ``pt`` (start token + response)."""
+    learned tokens). ``view`` is ``sft`` (every segment) or ``pt`` (start token + learned turns)."""
     import torch
 
     if view not in ("sft", "pt"):
@@ -356,9 +326,15 @@ def collate(tokenized: Sequence[TokenizedExample], view: str, *, pad_id: int, bo
         raise ValueError("the PT view needs a start token; pass bos_id from collate_ids(tokenizer)")
     rows, labels = [], []
     for t in tokenized:
-        head = list(t.prompt_ids) if view == "sft" else [bos_id]
-        rows.append(head + list(t.response_ids))
-        labels.append([IGNORE_INDEX] * len(head) + list(t.response_ids))
+        if view == "sft":
+            row, lab = [], []
+            for k, seg in enumerate(t.segments):
+                row += seg
+                lab += seg if k % 2 else [IGNORE_INDEX] * len(seg)
+        else:
+            row, lab = [bos_id, *t.response_ids], [IGNORE_INDEX, *t.response_ids]
+        rows.append(row)
+        labels.append(lab)
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     label_t = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -371,6 +347,9 @@ def collate(tokenized: Sequence[TokenizedExample], view: str, *, pad_id: int, bo
 
 
 def dataset_fingerprint(path: str | os.PathLike, settings: dict) -> str:
-    """sha256 of the file bytes and the rendering settings (schema, template, max_length, tokenizer...)."""
-    blob = json.dumps({"file_sha256": sha256_file(path), "settings": settings}, sort_keys=True, default=str)
+    """sha256 of the data (a file's bytes; see `mint.records.source_sha256`) and the rendering
+    settings (schema, template, max_length, tokenizer...)."""
+    from mint.records import source_sha256
+
+    blob = json.dumps({"file_sha256": source_sha256(path), "settings": settings}, sort_keys=True, default=str)
     return sha256_bytes(blob.encode("utf-8"))

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 from mint.errors import MintError
 
-__all__ = ["evaluate", "rouge_l", "exact_match", "lcs_length", "lm_eval_command", "read_metrics"]
+__all__ = ["evaluate", "stop_ids", "rouge_l", "exact_match", "lcs_length", "lm_eval_command", "read_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _losses(model, tokenized, ids, batch_size: int, desc: str) -> tuple[list[flo
 
     sft, pt = [0.0] * len(tokenized), [0.0] * len(tokenized)
     # Batches of similar length waste less compute on padding; results are put back in order.
-    order = sorted(range(len(tokenized)), key=lambda k: len(tokenized[k].prompt_ids) + len(tokenized[k].response_ids))
+    order = sorted(range(len(tokenized)), key=lambda k: tokenized[k].sft_length)
     with torch.no_grad():
         for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=None):
             chunk = order[start:start + batch_size]
@@ -125,8 +125,24 @@ def _losses(model, tokenized, ids, batch_size: int, desc: str) -> tuple[list[flo
     return sft, pt
 
 
-def _generate(model, tokenizer, tokenized, batch_size: int, max_new_tokens: int) -> list[str]:
-    """Greedy answers for the given examples, batched with left padding."""
+def stop_ids(model, tokenizer, tokenized=()) -> list[int]:
+    """The ids generation stops on: the model's ``generation_config.eos_token_id`` (one id or a
+    list, e.g. Llama-3's ``<|end_of_text|>`` and ``<|eot_id|>``), the tokenizer's EOS, and the
+    end-of-turn token the learned responses end with (what the chat template writes)."""
+    from mint.model.turns import special_ids
+
+    config_ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = list(config_ids) if isinstance(config_ids, (list, tuple)) else [config_ids]
+    ids.append(tokenizer.eos_token_id)
+    specials = special_ids(tokenizer)
+    ids += sorted({t.last_response_ids[-1] for t in tokenized
+                   if not t.response_truncated and t.last_response_ids[-1] in specials})
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
+def _generate(model, tokenizer, tokenized, batch_size: int, max_new_tokens: int, stops: list[int]) -> list[str]:
+    """Greedy answers to the last turn of the given examples, batched with left padding, each
+    cut at the first of the ``stops`` ids."""
     import torch
     from tqdm.auto import tqdm
 
@@ -135,20 +151,19 @@ def _generate(model, tokenizer, tokenized, batch_size: int, max_new_tokens: int)
     answers: list[str] = []
     with torch.no_grad():
         for start in tqdm(range(0, len(tokenized), batch_size), desc="generate", unit="batch", disable=None):
-            batch = tokenized[start:start + batch_size]
-            width = max(len(t.prompt_ids) for t in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for k, t in enumerate(batch):
-                input_ids[k, width - len(t.prompt_ids):] = torch.tensor(t.prompt_ids)
-                mask[k, width - len(t.prompt_ids):] = 1
+            prompts = [t.last_prompt_ids for t in tokenized[start:start + batch_size]]
+            width = max(len(p) for p in prompts)
+            input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(prompts), width), dtype=torch.long)
+            for k, p in enumerate(prompts):
+                input_ids[k, width - len(p):] = torch.tensor(p)
+                mask[k, width - len(p):] = 1
             out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                                  max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+                                 eos_token_id=stops if len(stops) > 1 else stops[0], pad_token_id=pad)
             for row in out[:, width:].tolist():
-                if tokenizer.eos_token_id in row:
-                    row = row[: row.index(tokenizer.eos_token_id)]
-                answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+                end = next((j for j, t in enumerate(row) if t in stops), len(row))
+                answers.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
     return answers
 
 
@@ -164,6 +179,7 @@ def evaluate(
     template: str = "auto",
     schema: str = "auto",
     long_prompts: str = "error",
+    assistant_turns: str = "all",
     device: str = "auto",
     dtype: str = "auto",
     generate: bool = False,
@@ -177,7 +193,7 @@ def evaluate(
     ``model_and_tokenizer`` reuses an already loaded base model (the adapter, if any, is applied
     on top and removed again), which saves reloading it for every adapter of a run."""
     from mint._io import atomic_write_json
-    from mint.model.data import collate_ids, load_examples, tokenize_examples
+    from mint.model.data import collate_ids, load_examples, token_settings, tokenize_examples
     from mint.model.modeling import load_lora, load_model_and_tokenizer
     from mint.records import write_jsonl
 
@@ -185,7 +201,7 @@ def evaluate(
         raise MintError(f"batch_size must be >= 1, got {batch_size}")
     t0 = time.perf_counter()
     data_path = Path(data_path)
-    examples = load_examples(data_path, schema=schema)
+    examples = load_examples(data_path, schema=schema, assistant_turns=assistant_turns)
     if model_and_tokenizer is None:
         model, tokenizer = load_model_and_tokenizer(model_name_or_dir, device=device, dtype=dtype)
     else:
@@ -195,7 +211,7 @@ def evaluate(
     model.eval()
     try:
         tokenized = tokenize_examples(examples, tokenizer, max_length=max_length, template=template,
-                                      long_prompts=long_prompts)
+                                      long_prompts=long_prompts, assistant_turns=assistant_turns)
         desc = "eval " + (Path(adapter).name if adapter else "base")
         sft, pt = _losses(model, tokenized, collate_ids(tokenizer), batch_size, desc)
         counts = [len(t.response_ids) for t in tokenized]
@@ -212,8 +228,8 @@ def evaluate(
             model.unload()  # give the caller its base model back without the adapter layers
 
     metrics = _metrics(sft, pt, counts, per_example, gen)
-    settings = {"schema": examples[0].schema, "template": template, "max_length": max_length,
-                "long_prompts": long_prompts}
+    settings = token_settings(examples, template=template, max_length=max_length, long_prompts=long_prompts,
+                              assistant_turns=assistant_turns)
     param = next(model.parameters())
     run_settings = {"batch_size": batch_size, "generate": generate, "max_new_tokens": max_new_tokens,
                     "generate_limit": generate_limit, "dtype": str(param.dtype), "device": str(param.device)}
@@ -229,9 +245,10 @@ def _score_generations(model, tokenizer, examples, tokenized, per_example: list[
                        max_new_tokens: int, generate_limit: int | None) -> dict[str, Any]:
     """Greedy answers scored into ``per_example`` (exact match, ROUGE-L); the generation summary."""
     # Only short answers: a reference longer than max_new_tokens could never match.
-    short = [k for k, t in enumerate(tokenized) if len(t.response_ids) - 1 <= max_new_tokens]  # minus EOS
+    short = [k for k, t in enumerate(tokenized) if len(t.last_response_ids) - 1 <= max_new_tokens]  # minus EOS
     chosen = short[:generate_limit] if generate_limit is not None else short
-    answers = _generate(model, tokenizer, [tokenized[k] for k in chosen], batch_size, max_new_tokens)
+    answers = _generate(model, tokenizer, [tokenized[k] for k in chosen], batch_size, max_new_tokens,
+                        stop_ids(model, tokenizer, tokenized))
     for k, answer in zip(chosen, answers):
         ref = examples[k].response
         per_example[k].update(prediction=answer, exact_match=exact_match(answer, ref), rouge_l=rouge_l(answer, ref))

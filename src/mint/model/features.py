@@ -22,6 +22,7 @@ import torch
 
 from mint.choices import GRAD_TYPES
 from mint.errors import MintError
+from mint.records import source_format, source_sha256
 from mint.model.gradients import LoraGradCollector, Preconditioner, shard_features
 
 __all__ = ["compute_features"]
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, proj_dim=8192,
                      grad_type: str = "adam", batch_size: int = 8, max_length: int = 512, seed: int = 0,
                      template: str = "auto", schema: str = "auto", long_prompts: str = "error",
+                     assistant_turns: str = "all",
                      projection: str = "rademacher", shard_size: int = 64, device: str = "auto",
                      dtype: str = "auto", cache_bytes: int = 1 << 30, overwrite: bool = False,
                      progress: bool = True) -> Path:
@@ -49,7 +51,7 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     store records the resolved one as `model_dtype`). cache_bytes: memory for cached projection
     tiles. overwrite: replace a store made with other settings (its partial progress is lost).
     Under `torchrun`, each rank computes a contiguous range of shards and rank 0 merges."""
-    from mint.model.data import load_examples, tokenize_examples
+    from mint.model.data import load_examples, token_settings, tokenize_examples
     from mint.model.projection import make_projector
     from mint.model.store import FeatureStore
 
@@ -57,11 +59,11 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
                                                       batch_size=batch_size)
     rank, world, dist = _distributed()
     device = _rank_device(device)
-    examples = load_examples(data_path, schema=schema)
+    examples = load_examples(data_path, schema=schema, assistant_turns=assistant_turns)
     setup = _load_adapter_model(model_name_or_dir, warmup_dir, grad_type=grad_type, device=device, dtype=dtype)
     # the same rendering settings as mint.model.train, so warm-up, features and training share a fingerprint
-    render = {"schema": examples[0].schema, "template": template, "max_length": max_length,
-              "long_prompts": long_prompts}
+    render = token_settings(examples, template=template, max_length=max_length, long_prompts=long_prompts,
+                            assistant_turns=assistant_turns)
     projector = make_projector(setup.collector.grad_dim, proj_dim, seed, kind=projection, device=setup.device,
                                cache_bytes=cache_bytes)
     settings = _settings(setup, projector, data_path=data_path, render=render, model_name_or_dir=model_name_or_dir,
@@ -77,7 +79,8 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
         return output_dir
     # after that check (a finished store needs no tokens), before anything is written (a bad record stops here)
     tokenized = tokenize_examples(examples, setup.tokenizer, max_length=max_length, template=template,
-                                  long_prompts=long_prompts, progress=progress and rank == 0)
+                                  long_prompts=long_prompts, assistant_turns=assistant_turns,
+                                  progress=progress and rank == 0)
     if rank == 0:
         _warn_on_changes(output_dir, info, settings, warmup_dir, overwrite)
         store.prepare(overwrite=overwrite)
@@ -120,7 +123,7 @@ def _check_inputs(data_path, warmup_dir, output_dir, *, grad_type: str, batch_si
     if not isinstance(batch_size, int) or batch_size < 1:
         raise MintError(f"batch_size must be a positive integer, got {batch_size!r}")
     data_path, warmup_dir, output_dir = Path(data_path), Path(warmup_dir), Path(output_dir)
-    if not data_path.is_file():
+    if not data_path.exists() and source_format(data_path) != "hub":
         raise MintError(f"data file {data_path} not found")
     return data_path, warmup_dir, output_dir
 
@@ -158,14 +161,13 @@ def _load_adapter_model(model_name_or_dir, warmup_dir: Path, *, grad_type: str, 
 def _settings(setup: _Setup, projector, *, data_path: Path, render: dict, model_name_or_dir, grad_type: str,
               seed: int) -> dict:
     """What identifies the features: a store with other settings is refused (see `FeatureStore`)."""
-    from mint._io import sha256_file
     from mint.model.data import dataset_fingerprint
     from mint.model.modeling import adapter_sha256
 
     optimizer = setup.optimizer
     return {
         "data_fingerprint": dataset_fingerprint(data_path, render),
-        "data_sha256": sha256_file(data_path),
+        "data_sha256": source_sha256(data_path),
         "render": render,
         "model": str(model_name_or_dir),
         "adapter_hash": adapter_sha256(setup.adapter_dir),

@@ -157,7 +157,7 @@ def shard_features(model, tokenized, *, collector, preconditioner, projector, ba
     from mint.model.data import collate
 
     m = len(tokenized)
-    lengths = {"sft": lambda t: len(t.prompt_ids) + len(t.response_ids), "pt": lambda t: len(t.response_ids)}
+    lengths = {"sft": lambda t: t.sft_length, "pt": lambda t: len(t.response_ids)}
     device = next(model.parameters()).device
     # SFT rows in [0, m), PT rows in [m, 2m): one projection call for the whole shard, so
     # each projection tile is generated once per shard.

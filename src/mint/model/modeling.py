@@ -31,6 +31,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "load_model_and_tokenizer",
+    "load_tokenizer",
     "seeded_torch",
     "LoraSettings",
     "DEFAULT_TARGET_MODULES",
@@ -123,13 +124,29 @@ def resolve_model(name_or_dir: str | os.PathLike) -> Path:
     try:
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
             raise RuntimeError("HF_HUB_OFFLINE is set")
-        return Path(snapshot_download(name))
+        return Path(_download(name))
     except Exception as e:
         raise MintError(
             f"model {name!r} is not a local folder, not the alias {SMOLLM2_ALIAS!r}, and could not be found in "
-            f"the Hugging Face cache ({type(e).__name__}); download it first (huggingface-cli download {name}) "
+            f"the Hugging Face cache ({type(e).__name__}); download it first (hf download {name}) "
             "or pass a folder"
         ) from e
+
+
+# What a hub model needs: config, weights, tokenizer, chat template. Not the extra copies some repos
+# carry (Meta's original/*.pth, GGUF, ONNX, TensorFlow/Flax weights).
+HUB_MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja")
+
+
+def _download(name: str) -> str:
+    """`snapshot_download` of the files `HUB_MODEL_FILES` names (PyTorch `*.bin` weights only for a
+    repo without safetensors)."""
+    from huggingface_hub import list_repo_files, snapshot_download
+
+    patterns = list(HUB_MODEL_FILES)
+    if not any(f.endswith(".safetensors") for f in list_repo_files(name)):
+        patterns.append("*.bin")
+    return snapshot_download(name, allow_patterns=patterns, ignore_patterns=["original/*"])
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -151,6 +168,13 @@ def resolve_dtype(dtype: str, device: str):
     if dtype == "auto":
         return torch.float32 if device == "cpu" else torch.bfloat16
     return getattr(torch, dtype)  # the names of mint.choices.DTYPES are torch's
+
+
+def load_tokenizer(name_or_dir: str | os.PathLike):
+    """The tokenizer of a model (folder, alias or cached hub id) without loading its weights."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model(name_or_dir), local_files_only=True)
 
 
 def load_model_and_tokenizer(name_or_dir: str | os.PathLike, *, device: str = "auto", dtype: str = "auto"):
@@ -225,8 +249,8 @@ class LoraSettings:
     # peft's usual value; gradient extraction runs in eval mode and never sees it
     dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
     target_modules: list[str] | None = field(default=None, metadata={
-        "help": "module names to adapt; empty = per-architecture default (q_proj k_proj v_proj o_proj for "
-                "Llama-like models)"})
+        "help": "module names to adapt, or all-linear (every linear layer but the output head); empty = "
+                "per-architecture default (q_proj k_proj v_proj o_proj for Llama-like models)"})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -234,9 +258,11 @@ class LoraSettings:
         return d
 
 
-def _target_modules(model, settings: LoraSettings) -> list[str]:
+def _target_modules(model, settings: LoraSettings) -> list[str] | str:
     if settings.target_modules:
-        return list(settings.target_modules)
+        names = list(settings.target_modules)
+        # peft honours its shortcut only as the string itself, not inside a list
+        return "all-linear" if names == ["all-linear"] else names
     model_type = getattr(model.config, "model_type", None)
     if model_type not in DEFAULT_TARGET_MODULES:
         raise MintError(

@@ -39,12 +39,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mint._io import atomic_write_json, read_json, sha256_bytes, sha256_file, versions
+from mint._io import atomic_write_json, read_json, sha256_bytes, versions
 from mint.choices import WEIGHTINGS
 from mint.errors import MintError
 from mint.model.checkpoint import OPTIMIZER_FILE, load_checkpoint, save_checkpoint, save_optimizer_state
 from mint.model.modeling import LoraSettings  # light: modeling imports torch/transformers/peft inside functions
-from mint.records import check_subset
+from mint.records import check_subset, source_format, source_sha256
 
 __all__ = [
     "WEIGHTINGS",
@@ -163,6 +163,7 @@ def train_lora(
     template: str = "auto",
     schema: str = "auto",
     long_prompts: str = "error",
+    assistant_turns: str = "all",
     weight_decay: float = 0.0,
     warmup_ratio: float = 0.03,
     max_grad_norm: float | None = 1.0,
@@ -188,23 +189,20 @@ def train_lora(
     interrupted run with the same settings continues from it and ends with the same adapter as an
     uninterrupted one. ``extra``: more provenance for the manifest (kept out of the resume check).
     """
-    from mint.model.data import load_examples
+    from mint.model.data import load_examples, token_settings
     from mint.model.modeling import resolve_device, resolve_dtype, seeded_torch
 
     lora = _check_options(weighting=weighting, batch_size=batch_size, grad_accum=grad_accum, epochs=epochs, lr=lr,
                           warmup_ratio=warmup_ratio, lora=lora)
     data_path, output_dir = Path(data_path), Path(output_dir)
-    if not data_path.is_file():
-        raise FileNotFoundError(f"data file not found: {data_path}")
-
-    examples = load_examples(data_path, schema=schema)
+    examples = load_examples(data_path, schema=schema, assistant_turns=assistant_turns)
     if callable(indices):
         indices = indices(len(examples))
     idx, w = check_subset(indices, weights, len(examples), source="coreset")
     device = resolve_device(device)
     # the detected schema, so that "auto" and an explicit schema name give the same fingerprint
-    data_settings = {"schema": examples[0].schema, "template": template, "max_length": max_length,
-                     "long_prompts": long_prompts}
+    data_settings = token_settings(examples, template=template, max_length=max_length, long_prompts=long_prompts,
+                                   assistant_turns=assistant_turns)
     config = _train_config(
         kind=kind, base_model=model_name_or_dir, data_path=data_path, data_settings=data_settings,
         n_records=len(examples), idx=idx, w=w, weighting=weighting, epochs=epochs, lr=lr, batch_size=batch_size,
@@ -222,9 +220,10 @@ def train_lora(
         with seeded_torch(seed, device):  # LoRA init and dropout; the caller's generators are restored after
             manifest = _train(examples, idx, w, config, tmp, model_name_or_dir=model_name_or_dir,
                               device=device, dtype=dtype, lora=lora, progress=progress,
-                              checkpoint=checkpoint, checkpoint_seconds=checkpoint_seconds)
+                              checkpoint=checkpoint, checkpoint_seconds=checkpoint_seconds,
+                              assistant_turns=assistant_turns)
         manifest.update({
-            "data": {"path": str(data_path.resolve()), "file_sha256": sha256_file(data_path),
+            "data": {"path": _absolute(data_path), "file_sha256": source_sha256(data_path),
                      "fingerprint": config["data_fingerprint"], "settings": data_settings},
             "extra": extra or {},
         })
@@ -236,6 +235,11 @@ def train_lora(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return output_dir
+
+
+def _absolute(data_path: Path) -> str:
+    """A local data path made absolute for the manifest; a hub dataset id as it is."""
+    return str(data_path) if source_format(data_path) == "hub" else str(data_path.resolve())
 
 
 def _check_options(*, weighting, batch_size, grad_accum, epochs, lr, warmup_ratio, lora) -> LoraSettings:
@@ -287,7 +291,7 @@ def _train_config(*, kind, base_model, data_path: Path, data_settings: dict, n_r
 
 
 def _train(examples, idx, w, config, out: Path, *, model_name_or_dir, device, dtype, lora, progress,
-           checkpoint: Path, checkpoint_seconds: float) -> dict:
+           checkpoint: Path, checkpoint_seconds: float, assistant_turns: str) -> dict:
     """The run itself, inside the caller's `seeded_torch` block: the adapter and optimizer state
     into ``out``; the manifest (less the data entry)."""
     import torch
@@ -303,6 +307,7 @@ def _train(examples, idx, w, config, out: Path, *, model_name_or_dir, device, dt
     model.train()
     tokenized = tokenize_examples([examples[i] for i in idx], tokenizer, max_length=config["max_length"],
                                   template=config["template"], long_prompts=config["long_prompts"],
+                                  assistant_turns=assistant_turns,
                                   progress=progress)
     n_total, steps = _example_steps(len(tokenized), config, w, rng)
     params = [p for _, p in lora_named_parameters(model)]
@@ -370,7 +375,7 @@ def _run_steps(model, tokenized, steps: list[list[int]], done: int, coefs: np.nd
         optimizer.zero_grad(set_to_none=True)
         # Within a step the order is free (the loss is a sum): grouping similar lengths into the
         # same forward pass cuts padding when grad_accum > 1.
-        positions = sorted(positions, key=lambda p: len(tokenized[p].prompt_ids) + len(tokenized[p].response_ids))
+        positions = sorted(positions, key=lambda p: tokenized[p].sft_length)
         weighted, plain = accumulate_step(model, [tokenized[p] for p in positions], coefs[positions],
                                           batch_size=config["batch_size"], **ids)
         if not math.isfinite(weighted):

@@ -36,12 +36,15 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclass
 class DataConfig:
-    train: str | None = _f(None, "instruction data to select from: JSON or JSONL (.gz ok) in Alpaca, chat "
-                                 "(`messages`) or prompt/completion schema; empty = the built-in demo data")
+    train: str | None = _f(None, "instruction data to select from: JSONL/JSON (.gz ok), parquet, CSV, Arrow, a datasets "
+                                 "folder or a hub id, in the Alpaca, chat, ShareGPT or prompt/completion schema; "
+                                 "empty = the built-in demo data")
     eval: str | None = _f(None, "held-out file for evaluation, same schema; empty = the demo's held-out split "
                                 "with demo data, else no evaluation")
-    schema: str = _f("auto", "record schema: auto | alpaca | chat | prompt_completion",
-                     choices=("auto", *choices.SCHEMAS))
+    schema: str = _f("auto", "record schema: auto (detected from the first record) | alpaca | chat | sharegpt | "
+                             "prompt_completion", choices=("auto", *choices.SCHEMAS))
+    assistant_turns: str = _f("all", "which assistant turns of a conversation are learned: all (every one, as "
+                                     "LESS, LLaMA-Factory and axolotl do) | last", choices=choices.ASSISTANT_TURNS)
     template: str = _f("auto", "prompt rendering: auto (chat template when the tokenizer has one) | chat | plain",
                        choices=choices.TEMPLATES)
     max_length: int = _f(512, "tokens per example; prompts are cut from the left first, responses kept")
@@ -164,7 +167,6 @@ DEMO_PRESET: dict[str, Any] = {
     "eval.max_new_tokens": 24,
     "eval.generate_limit": 40,
 }
-
 
 
 def iter_fields(cls: type = RunConfig, prefix: str = ""):

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mint._io import atomic_save_npz, read_json, sha256_file
+from mint._io import atomic_save_npz, read_json
+from mint.records import source_sha256
 from mint.errors import MintError
 
 __all__ = ["Coreset", "coreset_file", "same_ratio", "save_coreset", "load_coreset", "check_source",
@@ -113,7 +114,7 @@ def check_source(coreset: Coreset, data_path: str | os.PathLike, n_records: int)
     if n is not None and n != n_records:
         raise MintError(f"{coreset.path} was selected from {n} records but {data_path} holds {n_records}; "
                         "pass the data file the coreset was selected from")
-    if sha is not None and sha != sha256_file(data_path):
+    if sha is not None and sha != source_sha256(data_path):
         raise MintError(f"{coreset.path} was selected from a different data file (sha256 differs from "
                         f"{data_path}); pass the data file the coreset was selected from")
 

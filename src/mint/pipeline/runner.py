@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mint._io import atomic_write_json, read_json, sha256_bytes, sha256_file, versions
+from mint._io import atomic_write_json, read_json, sha256_bytes, versions
+from mint.records import source_sha256
 from mint.pipeline.config import RunConfig, save_config
 from mint.errors import MintError
 
@@ -165,7 +166,7 @@ def run_pipeline(cfg: RunConfig, *, overwrite: bool = False) -> PipelineResult:
             raise FileNotFoundError(f"data file not found: {value} (config key {key})")
         user_files += [Path(value)] if value else []
     identity = {"model": cfg.model.name,
-                "train_data": sha256_file(cfg.data.train) if cfg.data.train else f"built-in demo v{DEMO_DATA_VERSION}"}
+                "train_data": source_sha256(cfg.data.train) if cfg.data.train else f"built-in demo v{DEMO_DATA_VERSION}"}
     _claim_run_dir(run_dir, identity, overwrite, user_files)
     save_config(cfg, run_dir / "config.yaml")
     run = Run(run_dir)

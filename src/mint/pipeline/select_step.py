@@ -240,15 +240,14 @@ def _read_data(data, features, inputs: dict, features_dir) -> tuple[list | None,
     """(records, provenance) of the data file the features came from, checked against them."""
     if data is None:
         return None, None
-    from mint._io import sha256_file
-    from mint.records import read_records
+    from mint.records import read_records, source_sha256
 
     n = np.shape(next(iter(features.values())))[0]
     records = read_records(data)
     if len(records) != n:
         raise MintError(f"{data} has {len(records)} records but the features in {features_dir} describe {n} "
                         "examples; pass the data file the features were computed from")
-    data_prov = {"path": str(data), "sha256": sha256_file(data), "records": len(records)}
+    data_prov = {"path": str(data), "sha256": source_sha256(data), "records": len(records)}
     if inputs.get("data_sha256") and inputs["data_sha256"] != data_prov["sha256"]:
         raise MintError(f"{data} is not the file the features in {features_dir} were computed from "
                         "(its sha256 differs from the one in their manifest); pass that file with --data")

@@ -18,11 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from mint._io import read_json, sha256_bytes, sha256_file
+from mint._io import read_json, sha256_bytes
 from mint.errors import MintError
+from mint.records import source_sha256
 from mint.pipeline.config import RunConfig
 
-__all__ = ["STEPS", "DEMO_DATA_VERSION", "render_options", "warmup_call", "grads_call",
+__all__ = ["STEPS", "DEMO_DATA_VERSION", "render_options", "render_key", "warmup_call", "grads_call",
            "select_call", "train_call", "eval_call"]
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,21 @@ DEMO_DATA_VERSION = 1  # bump when mint.pipeline.demo_data changes what it gener
 def render_options(cfg: RunConfig) -> dict[str, Any]:
     """How records become token ids: the same for every step that reads data."""
     d = cfg.data
-    return {"schema": d.schema, "template": d.template, "max_length": d.max_length, "long_prompts": d.long_prompts}
+    return {"schema": d.schema, "template": d.template, "max_length": d.max_length, "long_prompts": d.long_prompts,
+            "assistant_turns": d.assistant_turns}
+
+
+def render_key(cfg: RunConfig, data_path: Path) -> dict[str, Any]:
+    """`render_options` as part of a step's key: ``assistant_turns`` only when the data has an
+    earlier assistant turn, where it changes the token ids (single-turn data keeps the step keys
+    of earlier versions, as `mint.model.data.token_settings` keeps its fingerprints)."""
+    from mint.model.data import load_examples
+
+    options = render_options(cfg)
+    examples = load_examples(data_path, schema=cfg.data.schema, assistant_turns=cfg.data.assistant_turns)
+    if not any(ex.learned for ex in examples):
+        del options["assistant_turns"]
+    return options
 
 
 def warmup_call(cfg: RunConfig, train_path: Path, folder: Path, **options: Any) -> Path:
@@ -120,14 +135,14 @@ def data(ctx: Context) -> None:
             return {"train": ctx.run.rel(train), "eval": ctx.run.rel(held), "builtin": True}
         if cfg.data.eval:
             _check_eval_schema(Path(cfg.data.train), Path(cfg.data.eval))
-        return {"train": str(Path(cfg.data.train).resolve()), "builtin": False,
-                "eval": str(Path(cfg.data.eval).resolve()) if cfg.data.eval else None}
+        return {"train": _absolute(cfg.data.train), "builtin": False,
+                "eval": _absolute(cfg.data.eval) if cfg.data.eval else None}
 
     if cfg.data.train is None:
         inputs = {"demo": DEMO_DATA_VERSION, "n_train": cfg.data.demo_examples, "n_eval": cfg.data.demo_eval_examples}
     else:
-        inputs = {"train": str(cfg.data.train), "train_sha256": sha256_file(cfg.data.train), "eval": str(cfg.data.eval),
-                  "eval_sha256": sha256_file(cfg.data.eval) if cfg.data.eval else None}
+        inputs = {"train": str(cfg.data.train), "train_sha256": source_sha256(cfg.data.train),
+                  "eval": str(cfg.data.eval), "eval_sha256": source_sha256(cfg.data.eval) if cfg.data.eval else None}
     info = ctx.run.step("data", inputs, do)
     where = ctx.run.abs if info.outputs["builtin"] else Path
     ctx.train_path = where(info.outputs["train"])
@@ -136,8 +151,15 @@ def data(ctx: Context) -> None:
 
     ctx.n_records = len(read_records(ctx.train_path))
     # the training file's own hash, not the data step's key: a new held-out file redoes only the evaluations
-    ctx.common = {"model": cfg.model.name, "train_sha256": sha256_file(ctx.train_path),
-                  "render": render_options(cfg), "seed": cfg.seed}
+    ctx.common = {"model": cfg.model.name, "train_sha256": source_sha256(ctx.train_path),
+                  "render": render_key(cfg, ctx.train_path), "seed": cfg.seed}
+
+
+def _absolute(source: str) -> str:
+    """A local path made absolute; a hub dataset id as it is."""
+    from mint.records import source_format
+
+    return source if source_format(source) == "hub" else str(Path(source).resolve())
 
 
 def _check_eval_schema(train_path: Path, eval_path: Path) -> None:
@@ -163,7 +185,7 @@ def warmup(ctx: Context) -> None:
 
 def grads(ctx: Context) -> None:
     cfg, warm = ctx.cfg, ctx.infos["warmup"]
-    inputs = {"warmup": warm.key, "grads": asdict(cfg.grads), "render": render_options(cfg), "seed": cfg.seed,
+    inputs = {"warmup": warm.key, "grads": asdict(cfg.grads), "render": ctx.common["render"], "seed": cfg.seed,
               "device": cfg.model.device, "dtype": cfg.model.dtype}
 
     def do(folder: Path) -> dict:
@@ -189,10 +211,13 @@ def export(ctx: Context) -> None:
     def do(folder: Path) -> dict:
         from mint.pipeline.export import export_coreset
 
-        out = export_coreset(ctx.train_path, ctx.select_dir, folder)
+        out = export_coreset(ctx.train_path, ctx.select_dir, folder, assistant_turns=ctx.cfg.data.assistant_turns,
+                             seed=ctx.cfg.seed)
         return {"dir": ctx.run.rel(folder), "ratios": sorted(out)}
 
-    ctx.infos["export"] = ctx.run.step("export", {"select": ctx.infos["select"].key}, do)
+    # the exports' layout version: the ShareGPT and TRL files and the axolotl training keys came with 2
+    inputs = {"select": ctx.infos["select"].key, "layout": 2, "assistant_turns": ctx.cfg.data.assistant_turns}
+    ctx.infos["export"] = ctx.run.step("export", inputs, do)
 
 
 def _trained_coreset(ctx: Context) -> dict:
@@ -247,7 +272,7 @@ def evaluate(ctx: Context) -> None:
         log.warning("no held-out file (data.eval): evaluation skipped")
         return
     e = cfg.eval
-    inputs = {"model": cfg.model.name, "eval_data": sha256_file(ctx.eval_path), "render": render_options(cfg),
+    inputs = {"model": cfg.model.name, "eval_data": source_sha256(ctx.eval_path), "render": render_key(cfg, ctx.eval_path),
               "eval": {k: v for k, v in asdict(e).items() if k != "base"}, "device": cfg.model.device,
               "dtype": cfg.model.dtype}
     loaded: list[Any] = []  # the base model, loaded once for every evaluation that runs
