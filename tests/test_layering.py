@@ -3,8 +3,8 @@ are in tests/selection/test_boundaries.py):
 
 - `mint.model` never imports `mint.pipeline` or `mint.commands`;
 - `mint.pipeline` never imports `mint.commands`;
-- the shared modules (errors, _io, records, choices) import no mint package and nothing heavier
-  than numpy;
+- the shared modules (errors, _io, records, choices, _folders) import no mint package and nothing
+  heavier than numpy;
 - `import mint`, `mint.records` and `mint.model.store` (read features) load no torch.
 """
 from __future__ import annotations
@@ -52,6 +52,7 @@ def _offenders(package: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]
     ("_io", ("mint.selection", "mint.model", "mint.pipeline", "mint.commands", "torch", "transformers")),
     ("records", ("mint.selection", "mint.model", "mint.pipeline", "mint.commands", "torch", "transformers")),
     ("choices", ("mint.selection", "mint.model", "mint.pipeline", "mint.commands", "numpy", "torch")),
+    ("_folders", ("mint.selection", "mint.model", "mint.pipeline", "mint.commands", "numpy", "torch")),
 ])
 def test_dependency_rules(package, forbidden):
     assert not _offenders(package, forbidden)
