@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from mint.commands.options import add_config_options, config_from_args
+from mint.commands.session import add_wait_option
 
 HELP = "export the coresets of a selection folder for other trainers (JSONL, messages, LLaMA-Factory, axolotl)"
 
@@ -18,13 +19,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", help="where to write the exports (default: the selection folder)")
     parser.add_argument("--ratios", type=float, nargs="+", help="only these ratios (default: all)")
     parser.add_argument("--name", default="mint_coreset", help="dataset name prefix for LLaMA-Factory entries")
+    add_wait_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+    from pathlib import Path
+
+    from mint.commands.session import output_folder
     from mint.pipeline.export import export_coreset
 
     cfg = config_from_args(args)
-    out = export_coreset(cfg.data.train, args.selection, args.output_dir, ratios=args.ratios, name=args.name)
+    # the default output is the selection folder, an input: locked where it exists, never created
+    writes = args.output_dir or (args.selection if Path(args.selection).is_dir() else None)
+    with output_folder(args, writes) if writes else nullcontext():
+        out = export_coreset(cfg.data.train, args.selection, args.output_dir, ratios=args.ratios, name=args.name)
     for ratio, paths in sorted(out.items()):
         print(f"ratio {ratio:.2f}: {paths['records']}  {paths['messages']}")
     folder = next(iter(out.values()))["records"].parent
