@@ -12,3 +12,11 @@ METHODS = ("mint", "craig", "pt", "ifl", "random")  # selection methods
 ALPHA_METHODS = ("plateau", "plateau_scaled", "golden")  # automatic alpha
 WEIGHTINGS = ("loss", "sampling", "none")  # how coreset weights enter training
 FEATURE_KINDS = ("sft", "pt", "ifl")  # the three gradient features
+DEVICES = "use auto, cpu, cuda, cuda:N (N = a GPU's index) or mps"  # devices are a pattern, not a list
+
+
+def is_device(name: str) -> bool:
+    """Whether `name` is a device string mint accepts (auto, cpu, mps, cuda, cuda:N)."""
+    import re
+
+    return bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(name)))

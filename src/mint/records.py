@@ -47,7 +47,8 @@ def read_records(path: str | os.PathLike) -> list[dict]:
         try:
             records = json.loads(text)
         except json.JSONDecodeError as e:
-            raise MintError(f"{path}, line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})") from e
+            raise MintError(f"{path}, line {e.lineno}, column {e.colno}: malformed JSON "
+                            f"({e.msg.removesuffix(' at')})") from e  # "Unterminated string starting at"
         where = [f"{path}, record {i}" for i in range(len(records))]
     else:
         records, where = [], []
@@ -58,7 +59,7 @@ def read_records(path: str | os.PathLike) -> list[dict]:
                 records.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise MintError(
-                    f"{path}, line {lineno}: malformed JSON ({e.msg} at column {e.colno}); "
+                    f"{path}, line {lineno}: malformed JSON ({e.msg.removesuffix(' at')} at column {e.colno}); "
                     "each line must be one complete JSON object"
                 ) from e
             where.append(f"{path}, line {lineno}")

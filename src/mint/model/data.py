@@ -189,7 +189,8 @@ def load_examples(path: str | os.PathLike, *, schema: str = "auto") -> list[Exam
             if found is None:
                 raise _BadRecord(f"none of the three schemas fits the keys {sorted(record)}; {SCHEMA_HINT}")
             if found != schema:
-                raise _BadRecord(f"a {found} record in a {schema} file; use one schema per file")
+                raise _BadRecord(f"a {found} record in {'an' if schema[0] in 'aeiou' else 'a'} {schema} file; "
+                                 "use one schema per file")
             prompt, response, prompt_text = _parse(record, schema)
         except _BadRecord as e:
             raise MintError(f"{_line_of(path, i)}: {e}; fix or remove this record") from None
