@@ -131,3 +131,19 @@ def test_damaged_features_are_recomputed_not_up_to_date(run_config, tmp_path, ca
     assert f"step grads          redone: its output {victim} has 200 bytes, but the step wrote {size}" in logs
     assert f"step select         redone: its output {run_dir / 'select' / 'coreset_0.25.npz'} is missing" in logs
     assert {p.name: p.read_bytes() for p in (run_dir / "grads" / "features").glob("*.npy")} == features
+
+
+def test_a_coreset_without_weights_is_not_trained_as_weighted(run_config, tmp_path):
+    """The train step refuses it (train.weighting loss would silently train unweighted)."""
+    from mint._io import atomic_write_json
+    from mint.pipeline.steps import Context, train
+
+    cfg = load_config(run_config(24))
+    select = tmp_path / "run" / "select"
+    select.mkdir(parents=True)
+    np.savez(select / "coreset_0.25.npz", indices=np.arange(6), n=np.int64(24))
+    atomic_write_json(select / "summary.json", {"subsets": [{"ratio": 0.25, "file": "coreset_0.25.npz"}]})
+    ctx = Context(cfg, run=None, train_path=cfg.data.train, n_records=24, select_dir=select)
+    with pytest.raises(MintError, match=r"coreset of ratio 0.25 in .*select has no 'weights' array, so "
+                                        r"train.weighting loss has nothing to apply; run the select step again"):
+        train(ctx)  # before any step runs (run=None would fail there)
