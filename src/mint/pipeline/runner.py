@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from mint._io import array_problem, atomic_write_json, read_json, sha256_bytes, sha256_file, versions
-from mint._folders import check_writable, own_entries
+from mint._folders import BOOKKEEPING, check_writable, own_entries
 from mint.pipeline.config import RunConfig, save_config
 from mint.errors import MintError
 
@@ -125,13 +125,14 @@ class Run:
 
 
 def _output_files(folder: Path) -> dict[str, int]:
-    """Relative path -> size of every file a step left in its folder (temporary dot-files aside)."""
+    """Relative path -> size of every file a step left in its folder (temporary dot-files and the
+    logs of a command run there, e.g. `mint grads` under torchrun, aside)."""
     if not folder.is_dir():
         return {}
     files = {}
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
-        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+        if path.is_file() and rel.parts[0] not in BOOKKEEPING and not any(p.startswith(".") for p in rel.parts):
             files[rel.as_posix()] = path.stat().st_size
     return files
 
