@@ -3,9 +3,9 @@ are in tests/selection/test_boundaries.py):
 
 - `mint.model` never imports `mint.pipeline` or `mint.commands`;
 - `mint.pipeline` never imports `mint.commands`;
-- the shared modules (errors, _io, records, sources, choices) import no mint package (but each
-  other) and nothing heavier than numpy at import time (sources reads parquet and datasets folders
-  with pyarrow and datasets imported inside its functions);
+- the shared modules (errors, _io, _folders, records, sources, choices) import no mint package
+  (but each other) and nothing heavier than numpy at import time (sources reads parquet and
+  datasets folders with pyarrow and datasets imported inside its functions);
 - `import mint`, `mint.records` and `mint.model.store` (read features) load no torch.
 """
 from __future__ import annotations
@@ -54,6 +54,7 @@ def _offenders(package: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]
     ("records", ("mint.selection", "mint.model", "mint.pipeline", "mint.commands", "torch", "transformers")),
     ("sources", ("mint.selection", "mint.model", "mint.pipeline", "mint.commands", "torch", "transformers")),
     ("choices", ("mint.selection", "mint.model", "mint.pipeline", "mint.commands", "numpy", "torch")),
+    ("_folders", ("mint.selection", "mint.model", "mint.pipeline", "mint.commands", "numpy", "torch")),
 ])
 def test_dependency_rules(package, forbidden):
     assert not _offenders(package, forbidden)

@@ -27,6 +27,7 @@ __all__ = [
     "sha256_bytes",
     "versions",
     "read_json",
+    "array_problem",
 ]
 
 
@@ -125,3 +126,44 @@ def versions() -> dict[str, str]:
         if mod is not None:
             out[name] = getattr(mod, "__version__", "unknown")
     return out
+
+
+def _npy_data_bytes(f) -> tuple[int, int] | None:
+    """(header length, data bytes) from the .npy header at the position of `f`; None for object arrays."""
+    version = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _fortran, dtype = read_header(f)
+    if dtype.hasobject:
+        return None
+    return f.tell(), int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def array_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with a `.npy` or `.npz` file, from its headers and size alone (None: nothing
+    found, or another kind of file): a cheap check before a file is memory-mapped or trusted.
+    The answer completes a sentence that starts with the file name ("is empty (0 bytes)")."""
+    import zipfile
+
+    path = Path(path)
+    if path.suffix not in (".npy", ".npz"):
+        return None
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes)"
+    try:
+        if path.suffix == ".npy":
+            with open(path, "rb") as f:
+                found = _npy_data_bytes(f)
+            if found is not None and size < sum(found):
+                return f"is truncated: its header describes {sum(found)} bytes, the file holds {size}"
+            return None
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.filename.endswith(".npy"):
+                    with zf.open(info) as member:
+                        found = _npy_data_bytes(member)
+                    if found is not None and info.file_size < sum(found):
+                        return f"is damaged: its array {info.filename} is truncated"
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        return f"is not a readable {path.suffix} file ({e})"
+    return None

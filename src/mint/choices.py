@@ -15,3 +15,11 @@ WEIGHTINGS = ("loss", "sampling", "none")  # how coreset weights enter training
 FEATURE_KINDS = ("sft", "pt", "ifl")  # the three gradient features
 SELECTION_STRATEGIES = ("auto", "exact", "partitioned")  # one N x N matrix, or parts of bounded size
 MATERIALIZE = ("none", "replicate", "resample")  # exports for trainers that ignore weights
+DEVICES = "use auto, cpu, cuda, cuda:N (N = a GPU's index) or mps"  # devices are a pattern, not a list
+
+
+def is_device(name: str) -> bool:
+    """Whether `name` is a device string mint accepts (auto, cpu, mps, cuda, cuda:N)."""
+    import re
+
+    return bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(name)))

@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv  # for the first line of the command's log file (mint.commands.session)
     if extra:
         # Only commands that declare `extra_args` (e.g. `run`, whose dotted config keys are
         # checked by mint.pipeline.config with a "did you mean" hint) accept arguments argparse does not know.
@@ -73,17 +74,26 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "_run"):
         parser.print_help()
         return 2
+    from mint.commands.session import Terminated, sigterm_as_interrupt
+
     try:
-        return int(args._run(args) or 0)
+        with sigterm_as_interrupt():  # SIGTERM cleans up as Ctrl-C does (pool workers, temporary files, lock)
+            return int(args._run(args) or 0)
     except (MintError, FileNotFoundError, FileExistsError) as e:
         # Library code raises these for bad input, with a message that names the fix.
         if args.verbose:
             raise
         print(f"mint {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\nmint {args.command}: interrupted; run the same command again to resume.", file=sys.stderr)
-        return 130
+    except PermissionError as e:  # a folder checked writable up front changed since, or an input is unreadable
+        if args.verbose:
+            raise
+        print(f"mint {args.command}: error: {e}; fix the permissions or choose another path", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        how, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        print(f"\nmint {args.command}: {how}; run the same command again to resume.", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def _read_json(path: Path, text: str) -> Records:
         try:
             records = json.loads(text)
         except json.JSONDecodeError as e:
-            raise MintError(f"{path}, line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})") from e
+            raise MintError(f"{path}, line {e.lineno}, column {e.colno}: malformed JSON ({e.msg.removesuffix(' at')})") from e
         out = Records(records, source=str(path), format="json" + gz)
     else:
         items, lines = [], []
@@ -146,7 +146,7 @@ def _read_json(path: Path, text: str) -> Records:
             try:
                 items.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise MintError(f"{path}, line {lineno}: malformed JSON ({e.msg} at column {e.colno}); "
+                raise MintError(f"{path}, line {lineno}: malformed JSON ({e.msg.removesuffix(' at')} at column {e.colno}); "
                                 "each line must be one complete JSON object") from e
             lines.append(lineno)
         out = Records(items, source=str(path), format="jsonl" + gz, lines=lines)

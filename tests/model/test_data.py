@@ -70,7 +70,7 @@ def test_json_array_and_gzip(tmp_path):
          r"messages\[0\].content must be a string"),
         ([{"messages": "hi"}], r"non-empty list"),
         ([{"prompt": "p"}], r"missing key 'completion'"),
-        ([{"instruction": "a", "output": "b"}, {"prompt": "p", "completion": "c"}], r"prompt_completion record in a alpaca"),
+        ([{"instruction": "a", "output": "b"}, {"prompt": "p", "completion": "c"}], r"prompt_completion record in an alpaca"),
     ],
 )
 def test_bad_records(tmp_path, records, pattern):

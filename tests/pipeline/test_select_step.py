@@ -77,7 +77,10 @@ def test_same_seed_same_bytes_and_rerun(npy_dir, data_file, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     assert _select(npy_dir, a, "--data", data_file) == 0
     assert _select(npy_dir, b, "--data", data_file) == 0
-    for p in a.iterdir():
+    from mint._folders import own_entries  # the outputs: the lock file and logs/ (times) aside
+
+    assert [p.name for p in own_entries(a)] == [p.name for p in own_entries(b)]
+    for p in own_entries(a):
         if p.name == "summary.json":
             sa, sb = (json.loads(x.read_text()) for x in (p, b / p.name))
             sa.pop("timings"), sb.pop("timings")  # wall-clock times are the only difference

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from mint.commands.options import MODEL_KEYS, RENDER_KEYS, add_config_options, apply_threads, config_from_args
+from mint.commands.session import add_wait_option
 
 HELP = "evaluate a base model, optionally with a LoRA adapter, on a held-out file (writes metrics.json)"
 
@@ -17,12 +18,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        required=["data.eval"])
     parser.add_argument("--adapter", help="LoRA adapter folder (the adapter/ folder of `mint train`, or its parent)")
     parser.add_argument("--output_dir", help="write metrics.json and per_example.jsonl here")
+    add_wait_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import json
+    from contextlib import nullcontext
     from pathlib import Path
 
+    from mint.commands.session import output_folder
     from mint.pipeline.steps import eval_call
 
     cfg = config_from_args(args)
@@ -30,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     adapter = args.adapter
     if adapter and not (Path(adapter) / "adapter_config.json").is_file() and (Path(adapter) / "adapter").is_dir():
         adapter = str(Path(adapter) / "adapter")  # the folder of `mint train` holds adapter/
-    m = eval_call(cfg, Path(cfg.data.eval), adapter, args.output_dir)
+    with output_folder(args, args.output_dir) if args.output_dir else nullcontext():  # locked, checked writable
+        m = eval_call(cfg, Path(cfg.data.eval), adapter, args.output_dir)
     shown = {k: m[k] for k in ("n_examples", "sft_loss", "pt_loss", "ifl_loss", "perplexity")}
     if "generation" in m:
         shown.update({k: m["generation"][k] for k in ("exact_match", "rouge_l", "n_generated")})

@@ -5,6 +5,7 @@ import argparse
 
 from mint.choices import MATERIALIZE
 from mint.commands.options import add_config_options, config_from_args
+from mint.commands.session import add_wait_option
 
 HELP = "export the coresets of a selection folder for other trainers (JSONL, messages, LLaMA-Factory, axolotl, TRL)"
 
@@ -26,15 +27,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--materialize_weights", default="none", choices=MATERIALIZE,
                         help="for trainers that ignore weights: replicate (each record round(weight) times) or "
                              "resample (the coreset's size, drawn proportionally to the weights, seeded); default none")
+    add_wait_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+    from pathlib import Path
+
+    from mint.commands.session import output_folder
     from mint.pipeline.export import export_coreset
 
     cfg = config_from_args(args)
-    out = export_coreset(cfg.data.train, args.selection, args.output_dir, ratios=args.ratios, name=args.name,
-                         assistant_turns=cfg.data.assistant_turns, materialize_weights=args.materialize_weights,
-                         seed=cfg.seed)
+    # the default output is the selection folder, an input: locked where it exists, never created
+    writes = args.output_dir or (args.selection if Path(args.selection).is_dir() else None)
+    with output_folder(args, writes) if writes else nullcontext():
+        out = export_coreset(cfg.data.train, args.selection, args.output_dir, ratios=args.ratios, name=args.name,
+                             assistant_turns=cfg.data.assistant_turns, materialize_weights=args.materialize_weights,
+                             seed=cfg.seed)
     for ratio, paths in sorted(out.items()):
         print(f"ratio {ratio:.2f}: {paths['records']}  {paths['messages']}  {paths['sharegpt']}  {paths['trl']}")
     folder = next(iter(out.values()))["records"].parent

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
+    from mint.commands.session import output_folder
     from mint.errors import MintError
     from mint.model.store import read_manifest
     from mint.pipeline.steps import grads_call
@@ -57,9 +58,10 @@ def run(args: argparse.Namespace) -> int:
     if None in dims and len(dims) > 1:
         raise MintError("--grads.proj_dim none cannot be combined with numbers; run it separately")
     proj_dim = dims if len(dims) > 1 else dims[0]
-    out = grads_call(cfg, Path(cfg.data.train), Path(args.warmup_dir), Path(args.output_dir), proj_dim=proj_dim,
-                     projection=args.projection, shard_size=args.shard_size, cache_bytes=args.cache_mb << 20,
-                     overwrite=args.overwrite, progress=not args.no_progress)
+    with output_folder(args, args.output_dir):  # under torchrun rank 0 holds the lock for the job
+        out = grads_call(cfg, Path(cfg.data.train), Path(args.warmup_dir), Path(args.output_dir), proj_dim=proj_dim,
+                         projection=args.projection, shard_size=args.shard_size, cache_bytes=args.cache_mb << 20,
+                         overwrite=args.overwrite, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         manifest = read_manifest(out)
         s, info = manifest["settings"], manifest["info"]

@@ -120,6 +120,9 @@ def apply_threads(cfg) -> None:
 
 
 def add_output_options(parser: argparse.ArgumentParser, what: str) -> None:
+    from mint.commands.session import add_wait_option
+
     parser.add_argument("--output_dir", required=True, help=what)
     parser.add_argument("--overwrite", action="store_true", help="replace an output folder holding another run")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    add_wait_option(parser)

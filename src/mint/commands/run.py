@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from mint.commands.session import add_wait_option
+
 HELP = "run the whole pipeline (warm-up, gradients, selection, training, evaluation); no arguments = offline demo"
 
 _EPILOG = """\
@@ -31,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a different run (or foreign files) in the run folder")
     parser.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
+    add_wait_option(parser)
     # Dotted config keys arrive as unparsed extra arguments and are checked by mint.pipeline.config,
     # which rejects unknown keys with a "did you mean" hint.
     parser.set_defaults(extra_args=[])
@@ -49,10 +52,12 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     from mint.commands.options import apply_threads
+    from mint.commands.session import output_folder
     from mint.pipeline import run_pipeline
     from mint.pipeline.report import short_summary
 
     apply_threads(cfg)
-    result = run_pipeline(cfg, overwrite=args.overwrite)
+    with output_folder(args, cfg.output_dir) as log_file:
+        result = run_pipeline(cfg, overwrite=args.overwrite, log_file=log_file)
     print(short_summary(result.run_dir))
     return 0

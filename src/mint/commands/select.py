@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mint.commands.options import add_config_options, config_from_args
+from mint.commands.session import add_wait_option
 
 HELP = "select weighted coresets from gradient features (MINT facility location, automatic alpha)"
 
@@ -37,21 +38,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "block by block (1 N x N); auto: cache when it fits in half the free memory. Same selection.")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of a different earlier run in OUT")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    add_wait_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mint._io import read_json
+    from mint.commands.session import output_folder
     from mint.pipeline.select_step import summary_text
     from mint.pipeline.steps import select_call
 
     cfg = config_from_args(args)
-    select_call(cfg, Path(args.features), Path(args.output_dir), cfg.data.train, overwrite=args.overwrite,
-                dtype=args.dtype, n_jobs=args.n_jobs, plateau_min_alpha=args.plateau_min_alpha,
-                golden_tol=args.golden_tol, golden_max_iter=args.golden_max_iter, max_memory_gb=args.max_memory_gb,
-                progress=not args.no_progress,
-                cache_distances={"auto": None, "on": True, "off": False}[args.distance_cache])
+    with output_folder(args, args.output_dir):
+        select_call(cfg, Path(args.features), Path(args.output_dir), cfg.data.train, overwrite=args.overwrite,
+                    dtype=args.dtype, n_jobs=args.n_jobs, plateau_min_alpha=args.plateau_min_alpha,
+                    golden_tol=args.golden_tol, golden_max_iter=args.golden_max_iter,
+                    max_memory_gb=args.max_memory_gb, progress=not args.no_progress,
+                    cache_distances={"auto": None, "on": True, "off": False}[args.distance_cache])
     summary = read_json(Path(args.output_dir) / "summary.json")
     print(summary_text(summary), end="")
     print(f"outputs in {args.output_dir}")

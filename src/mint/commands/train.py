@@ -52,12 +52,14 @@ def _pick(args: argparse.Namespace, cfg):
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from mint.commands.session import output_folder
     from mint.pipeline.steps import train_call
 
     cfg = config_from_args(args)
     apply_threads(cfg)
     indices, weights, weighting = _pick(args, cfg)
-    out = train_call(cfg, Path(cfg.data.train), Path(args.output_dir), indices=indices, weights=weights,
-                     weighting=weighting, overwrite=args.overwrite, progress=not args.no_progress)
+    with output_folder(args, args.output_dir):
+        out = train_call(cfg, Path(cfg.data.train), Path(args.output_dir), indices=indices, weights=weights,
+                         weighting=weighting, overwrite=args.overwrite, progress=not args.no_progress)
     print(summary("train", out))
     return 0

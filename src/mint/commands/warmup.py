@@ -31,11 +31,13 @@ def summary(kind: str, out) -> str:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from mint.commands.session import output_folder
     from mint.pipeline.steps import warmup_call
 
     cfg = config_from_args(args)
     apply_threads(cfg)
-    out = warmup_call(cfg, Path(cfg.data.train), Path(args.output_dir), overwrite=args.overwrite,
-                      progress=not args.no_progress)
+    with output_folder(args, args.output_dir):
+        out = warmup_call(cfg, Path(cfg.data.train), Path(args.output_dir), overwrite=args.overwrite,
+                          progress=not args.no_progress)
     print(summary("warmup", out))
     return 0

@@ -151,7 +151,8 @@ def load_examples(path: str | os.PathLike, *, schema: str = "auto", assistant_tu
             if found is None:
                 raise BadRecord(f"no schema fits the keys {sorted(record)}; {SCHEMA_HINT}")
             if found != schema:
-                raise BadRecord(f"a {found} record in a {schema} file; use one schema per file")
+                raise BadRecord(f"a {found} record in {'an' if schema[0] in 'aeiou' else 'a'} {schema} file; "
+                                "use one schema per file")
             parsed = parse_record(record, schema, assistant_turns=assistant_turns)
         except BadRecord as e:
             raise MintError(f"{records.where(i)}: {e}; fix or remove this record") from None

@@ -199,6 +199,10 @@ def evaluate(
 
     if batch_size < 1:
         raise MintError(f"batch_size must be >= 1, got {batch_size}")
+    if output_dir is not None:
+        from mint._folders import check_writable
+
+        check_writable(output_dir)  # before any computing
     t0 = time.perf_counter()
     data_path = Path(data_path)
     examples = load_examples(data_path, schema=schema, assistant_turns=assistant_turns)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from mint._folders import check_writable
 from mint.choices import GRAD_TYPES
 from mint.errors import MintError
 from mint.records import source_format, source_sha256
@@ -75,8 +76,12 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
                          settings=settings, info=info)
     if store.is_complete() and not overwrite:
         store.prepare()  # refuses a complete store made with other settings
-        log.info("%s already holds complete features for these settings; nothing to do", output_dir)
-        return output_dir
+        damage = store.damage()
+        if damage is None:
+            log.info("%s already holds complete features for these settings; nothing to do", output_dir)
+            return output_dir
+        log.warning("the feature store is damaged (%s); computing the features again", damage)
+        store.clear()
     # after that check (a finished store needs no tokens), before anything is written (a bad record stops here)
     tokenized = tokenize_examples(examples, setup.tokenizer, max_length=max_length, template=template,
                                   long_prompts=long_prompts, assistant_turns=assistant_turns,
@@ -125,6 +130,8 @@ def _check_inputs(data_path, warmup_dir, output_dir, *, grad_type: str, batch_si
     data_path, warmup_dir, output_dir = Path(data_path), Path(warmup_dir), Path(output_dir)
     if not data_path.exists() and source_format(data_path) != "hub":
         raise MintError(f"data file {data_path} not found")
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_writable(output_dir, "feature store folder")
     return data_path, warmup_dir, output_dir
 
 

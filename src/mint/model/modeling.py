@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from mint.choices import DTYPES
+from mint.choices import DEVICES, DTYPES, is_device
 from mint.errors import MintError
 
 __all__ = [
@@ -154,6 +154,8 @@ def resolve_device(device: str = "auto") -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not is_device(device):
+        raise MintError(f"device {device!r} is not a device mint knows; {DEVICES}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MintError(f"device {device!r} was asked for but CUDA is not available; use 'cpu' or 'auto'")
     return device

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from mint._io import atomic_save_npz, atomic_write_json, read_json, sha256_file
+from mint._io import array_problem, atomic_save_npz, atomic_write_json, read_json, sha256_file
+from mint._folders import own_entries
 from mint.choices import FEATURE_KINDS as KINDS
 from mint.errors import MintError
 
@@ -137,7 +138,7 @@ class FeatureStore:
                         f"{self.path} already holds features made with other settings ("
                         + "; ".join(problems) + "). Use another --output_dir, or pass --overwrite to replace them.")
                 return
-        elif self.path.exists() and any(self.path.iterdir()) and not overwrite:
+        elif own_entries(self.path) and not overwrite:
             raise MintError(f"{self.path} exists and is not a feature store; choose an empty or new --output_dir")
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(manifest_file, self._manifest(complete=False))
@@ -147,6 +148,17 @@ class FeatureStore:
         for sub in ("shards", "features"):
             shutil.rmtree(self.path / sub, ignore_errors=True)
         (self.path / "manifest.json").unlink(missing_ok=True)
+
+    def damage(self) -> str | None:
+        """Why the merged feature files cannot be read (missing, truncated), or None."""
+        for dim in self.dims:
+            for kind in KINDS:
+                for normalized in (False, True):
+                    file = feature_file(self.path, kind, dim, normalized)
+                    problem = "is missing" if not file.is_file() else array_problem(file)
+                    if problem:
+                        return f"{file} {problem}"
+        return None
 
     def shard_done(self, k: int) -> bool:
         marker, file = self._marker(k), self._shard_file(k)
@@ -251,7 +263,12 @@ def load_features(path: str | os.PathLike, dim=None, normalized: bool = True, *,
     for kind in KINDS:
         file = feature_file(path, kind, label, normalized)
         if not file.is_file():
-            raise MintError(f"{file}: missing from the feature store; run `mint grads` again with --overwrite")
+            raise MintError(f"{file}: missing from the feature store; run the same `mint grads` command again "
+                            "(it recomputes a damaged store)")
+        problem = array_problem(file)
+        if problem:
+            raise MintError(f"{file} {problem}: the feature store is damaged; run the same `mint grads` command "
+                            "again (it recomputes a damaged store)")
         arr = np.load(file, mmap_mode="r" if mmap else None)
         if arr.dtype != np.float32 or arr.ndim != 2 or arr.shape[0] != n:
             raise MintError(f"{file}: expected ({n}, D) float32, found {arr.shape} {arr.dtype}; the store is damaged")

@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mint._io import atomic_write_json, read_json, sha256_bytes, versions
+from mint._folders import check_writable, new_temp_folder, own_entries, publish_folder, remove_stale_temps
 from mint.choices import WEIGHTINGS
 from mint.errors import MintError
 from mint.model.checkpoint import OPTIMIZER_FILE, load_checkpoint, save_checkpoint, save_optimizer_state
@@ -115,7 +116,7 @@ def _prepare_output(output_dir: Path, config: dict, overwrite: bool) -> bool:
     if manifest is not None and manifest.get("format") == MANIFEST_FORMAT and manifest.get("config") == config:
         if (output_dir / "adapter" / "adapter_config.json").is_file():
             return True
-    if overwrite or not any(output_dir.iterdir()):
+    if overwrite or not own_entries(output_dir):
         return False
     if manifest is not None and isinstance(manifest.get("config"), dict):
         old = manifest["config"]
@@ -124,20 +125,6 @@ def _prepare_output(output_dir: Path, config: dict, overwrite: bool) -> bool:
                         "choose another output folder or pass overwrite (--overwrite) to replace it")
     raise MintError(f"{output_dir} is not empty and holds no finished training run; choose another output "
                     "folder or pass overwrite (--overwrite) to replace its contents")
-
-
-def _publish(tmp: Path, output_dir: Path) -> None:
-    """Move the finished temporary folder into place (replacing an old one) with renames only."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
-    old = None
-    if output_dir.exists():
-        old = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
-        os.rename(output_dir, old)
-    os.rename(tmp, output_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,6 +182,8 @@ def train_lora(
     lora = _check_options(weighting=weighting, batch_size=batch_size, grad_accum=grad_accum, epochs=epochs, lr=lr,
                           warmup_ratio=warmup_ratio, lora=lora)
     data_path, output_dir = Path(data_path), Path(output_dir)
+    check_writable(output_dir)
+
     examples = load_examples(data_path, schema=schema, assistant_turns=assistant_turns)
     if callable(indices):
         indices = indices(len(examples))
@@ -213,9 +202,10 @@ def train_lora(
         return output_dir
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(output_dir)  # what a killed run left
     # Mid-run state for resuming after an interruption; beside the output, removed once it is published.
     checkpoint = output_dir.with_name(f".{output_dir.name}.checkpoint.pt")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
+    tmp = new_temp_folder(output_dir)
     try:
         with seeded_torch(seed, device):  # LoRA init and dropout; the caller's generators are restored after
             manifest = _train(examples, idx, w, config, tmp, model_name_or_dir=model_name_or_dir,
@@ -229,7 +219,7 @@ def train_lora(
         })
         np.save(tmp / "indices.npy", idx)  # which records were trained on, for inspection
         atomic_write_json(tmp / "manifest.json", manifest)  # last: marks the run finished
-        _publish(tmp, output_dir)
+        publish_folder(tmp, output_dir)
         checkpoint.unlink(missing_ok=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -249,7 +249,12 @@ def coerce_value(key: str, tp: Any, value: Any) -> Any:
     raise bad  # pragma: no cover - every annotation above is handled
 
 
-def _unknown(key: str, known: list[str], where: str) -> MintError:
+def _unknown(key: str, known: list[str], where: str, value: Any = None) -> MintError:
+    keys = [k for k in known if k.startswith(key + ".")]
+    if keys:  # `data: file.jsonl` or `data:` alone: a section given as a scalar or null
+        given = "null (empty)" if value is None else repr(value)
+        return MintError(f"{where}: `{key}` is a section ({', '.join(keys[:3])}, ...) but it is given as {given}; "
+                         f"write its keys under it (`{key}:` then `  {keys[0][len(key) + 1:]}: ...`) or --{keys[0]}")
     # a misspelling within the right section ("selection.ratio"), then a bare or misplaced leaf
     # name ("ratios", "train.ratios"), then any close spelling
     section = key.rsplit(".", 1)[0] + "." if "." in key else None
@@ -262,6 +267,9 @@ def _unknown(key: str, known: list[str], where: str) -> MintError:
 
 
 def _flatten(tree: Any, where: str, prefix: str = "") -> dict[str, Any]:
+    if not tree and not prefix:  # an empty file is a mistake, never a request for the demo
+        raise MintError(f"{where} is empty; give at least `data:` with `train: FILE` (keys: `mint run --help`), or "
+                        "run `mint run` without --config for the offline demo")
     if not isinstance(tree, dict):
         raise MintError(f"{where}: expected a mapping of config sections, got {type(tree).__name__}")
     sections = {k.split(".")[0] for k, *_ in iter_fields() if "." in k}
@@ -279,7 +287,7 @@ def _apply(cfg: RunConfig, flat: dict[str, Any], where: str) -> None:
     types_by_key = {k: tp for k, tp, _, _ in iter_fields()}
     for key, value in flat.items():
         if key not in types_by_key:
-            raise _unknown(key, list(types_by_key), where)
+            raise _unknown(key, list(types_by_key), where, value)
         obj = cfg
         *path, leaf = key.split(".")
         for part in path:
@@ -342,7 +350,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
             raise FileNotFoundError(f"config file not found: {p}") from None
         except yaml.YAMLError as e:
             raise MintError(f"{p}: not valid YAML ({e})") from e
-        file_flat = _flatten(tree or {}, str(p))
+        file_flat = _flatten(tree, str(p))
     overrides = dict(overrides or {})
     if demo is None:
         demo = path is None and overrides.get("data.train") is None
@@ -407,3 +415,4 @@ def _validate(cfg: RunConfig) -> None:
     need(cfg.data.demo_eval_examples >= 1, "data.demo_eval_examples", "must be >= 1")
     need(cfg.threads is None or cfg.threads >= 1, "threads", "must be >= 1 or empty")
     need(bool(cfg.output_dir), "output_dir", "must not be empty")
+    need(choices.is_device(cfg.model.device), "model.device", f"{cfg.model.device!r} is not a device; {choices.DEVICES}")

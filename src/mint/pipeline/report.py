@@ -67,8 +67,9 @@ def _held_out(cfg, eval_path: Path | None, run_dir: Path) -> str:
 
 def write_report(run_dir: Path, cfg, infos: dict, metrics: dict[str, dict], *, select_dir: Path,
                  n_records: int, train_ratio: float, k: int, eval_path: Path | None,
-                 wall_seconds: float) -> Path:
-    """Write `report.md` and `summary.json` into `run_dir`; returns the report's path."""
+                 wall_seconds: float, log_file: str | os.PathLike | None = None) -> Path:
+    """Write `report.md` and `summary.json` into `run_dir`; returns the report's path. `log_file`:
+    the log of this invocation, linked from the report."""
     sel = _selection_summary(select_dir)
     rows = _subset_rows(sel)
     lines = [
@@ -80,6 +81,9 @@ def write_report(run_dir: Path, cfg, infos: dict, metrics: dict[str, dict], *, s
         f"- config: [config.yaml](config.yaml) (rerun: `mint run --config {run_dir / 'config.yaml'}`)",
         f"- written {time.strftime('%Y-%m-%d %H:%M:%S')}; this invocation took {wall_seconds:.1f} s", "",
     ]
+    if log_file is not None:
+        rel = _rel(Path(log_file), run_dir)
+        lines[-1:-1] = [f"- log of this invocation: [{rel}]({rel}) (earlier ones are beside it)"]
     lines += _selection_section(run_dir, cfg, infos, sel, rows, select_dir)
     lines += ["", "## Training", "",
               f"- coreset ratio {train_ratio:.2f}: {k} of {n_records} examples, weighting `{cfg.train.weighting}`, "
@@ -103,6 +107,7 @@ def write_report(run_dir: Path, cfg, infos: dict, metrics: dict[str, dict], *, s
         "steps": {name: {"ran": info.ran, "seconds": round(info.seconds, 3), "key": info.key}
                   for name, info in infos.items()},
         "wall_seconds": round(wall_seconds, 3),
+        "log_file": None if log_file is None else _rel(Path(log_file), run_dir),
     }
     atomic_write_json(run_dir / "summary.json", summary)
     return report

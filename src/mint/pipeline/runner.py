@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mint._io import atomic_write_json, read_json, sha256_bytes, versions
+from mint._io import array_problem, atomic_write_json, read_json, sha256_bytes, versions
+from mint._folders import BOOKKEEPING, check_writable, own_entries
 from mint.records import source_sha256
 from mint.pipeline.config import RunConfig, save_config
 from mint.errors import MintError
@@ -94,11 +95,15 @@ class Run:
         state_path = _step_path(self.run_dir, name)
         state = read_json(state_path) if state_path.is_file() else None
         if state and state.get("key") == key and state.get("status") == "done":
-            info = StepInfo(name, key, False, float(state.get("seconds", 0.0)), state.get("outputs", {}))
-            log.info("step %-14s up to date, skipped", name)
-            self.infos[name] = info
-            return info
-        if state is not None and state.get("key") != key and folder.exists():
+            problem = _damaged(folder, state.get("files") or {})
+            if problem is None:
+                info = StepInfo(name, key, False, float(state.get("seconds", 0.0)), state.get("outputs", {}))
+                log.info("step %-14s up to date, skipped", name)
+                self.infos[name] = info
+                return info
+            log.warning("step %-14s redone: %s; clearing %s", name, problem, folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        elif state is not None and state.get("key") != key and folder.exists():
             # outputs of other settings: the step functions would refuse them
             log.info("step %-14s settings changed; clearing %s", name, folder)
             shutil.rmtree(folder)
@@ -112,11 +117,41 @@ class Run:
         t0 = time.perf_counter()
         outputs = fn(folder)
         seconds = time.perf_counter() - t0
-        record.update(status="done", seconds=round(seconds, 3), outputs=outputs, versions=versions())
+        record.update(status="done", seconds=round(seconds, 3), outputs=outputs, versions=versions(),
+                      files=_output_files(folder))
         atomic_write_json(state_path, record)
         info = StepInfo(name, key, True, seconds, outputs)
         self.infos[name] = info
         return info
+
+
+def _output_files(folder: Path) -> dict[str, int]:
+    """Relative path -> size of every file a step left in its folder (temporary dot-files and the
+    logs of a command run there, e.g. `mint grads` under torchrun, aside)."""
+    if not folder.is_dir():
+        return {}
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_file() and rel.parts[0] not in BOOKKEEPING and not any(p.startswith(".") for p in rel.parts):
+            files[rel.as_posix()] = path.stat().st_size
+    return files
+
+
+def _damaged(folder: Path, files: dict[str, int]) -> str | None:
+    """Why the recorded outputs of a finished step cannot be trusted (None: each one is there with
+    its recorded size, and arrays have whole headers). Records without `files` are trusted."""
+    for rel, size in files.items():
+        path = folder / rel
+        if not path.is_file():
+            return f"its output {path} is missing"
+        found = path.stat().st_size
+        if found != size:
+            return f"its output {path} has {found} bytes, but the step wrote {size}"
+        problem = array_problem(path)
+        if problem:
+            return f"its output {path} {problem}"
+    return None
 
 
 def _claim_run_dir(run_dir: Path, identity: dict, overwrite: bool, protected: list[Path]) -> None:
@@ -130,7 +165,7 @@ def _claim_run_dir(run_dir: Path, identity: dict, overwrite: bool, protected: li
             diff = sorted(k for k in set(old or {}) | set(identity) if (old or {}).get(k) != identity.get(k))
             problem = (f"{run_dir} holds a different run (differing: {', '.join(diff)}); "
                        "choose another output_dir, or pass --overwrite to replace that run")
-    elif run_dir.is_dir() and any(run_dir.iterdir()):
+    elif own_entries(run_dir):
         problem = (f"{run_dir} is not empty and was not made by `mint run`; choose another output_dir, "
                    "or pass --overwrite to write into it (only mint's own step folders get replaced)")
     if problem and not overwrite:
@@ -151,15 +186,16 @@ def _claim_run_dir(run_dir: Path, identity: dict, overwrite: bool, protected: li
                                      "versions": versions()})
 
 
-def run_pipeline(cfg: RunConfig, *, overwrite: bool = False) -> PipelineResult:
+def run_pipeline(cfg: RunConfig, *, overwrite: bool = False, log_file: str | os.PathLike | None = None) -> PipelineResult:
     """Run (or resume) every step of `cfg` in `cfg.output_dir`; returns what ran and the metrics.
 
-    Threads are the caller's business (`mint run` applies `cfg.threads` before calling this)."""
+    Threads, the folder's lock and the log file are the caller's business (`mint run` applies
+    `cfg.threads`, holds the lock and writes `log_file`, which the report then links)."""
     from mint.pipeline.report import write_report
     from mint.pipeline.steps import DEMO_DATA_VERSION, STEPS, Context
 
     cfg.validate()
-    run_dir = Path(cfg.output_dir)
+    run_dir = check_writable(cfg.output_dir, "run folder")
     user_files = []
     for key, value in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
         if value and not Path(value).is_file():
@@ -176,5 +212,5 @@ def run_pipeline(cfg: RunConfig, *, overwrite: bool = False) -> PipelineResult:
         step(ctx)
     report = write_report(run_dir, cfg, run.infos, ctx.metrics, select_dir=ctx.select_dir, n_records=ctx.n_records,
                           train_ratio=ctx.coreset["ratio"], k=ctx.coreset["k"], eval_path=ctx.eval_path,
-                          wall_seconds=time.perf_counter() - t_start)
+                          wall_seconds=time.perf_counter() - t_start, log_file=log_file)
     return PipelineResult(run_dir, dict(run.infos), ctx.metrics, report)

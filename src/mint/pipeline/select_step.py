@@ -9,7 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
-from mint._io import atomic_write_text
+from mint._io import array_problem, atomic_write_text
+from mint._folders import check_writable, own_entries
 from mint.choices import FEATURE_KINDS as KINDS
 from mint.errors import MintError
 from mint.pipeline.coresets import coreset_file, save_coreset
@@ -33,6 +34,9 @@ def load_feature_dir(features_dir) -> tuple[dict, dict]:
     from mint._io import sha256_file
 
     path = Path(features_dir)
+    if path.is_file():
+        raise MintError(f"{path} is a file, not a features folder; pass the output folder of `mint grads` (or a "
+                        "folder holding sft.npy, pt.npy, ifl.npy) with --features")
     if not path.is_dir():
         raise MintError(f"{path}: features folder not found; pass the output folder of `mint grads` with --features")
     if (path / "manifest.json").is_file():
@@ -51,10 +55,14 @@ def load_feature_dir(features_dir) -> tuple[dict, dict]:
                         "run `mint grads` first or point --features at its output folder")
     features = {}
     for kind, file in files.items():
+        problem = array_problem(file)
+        if problem:
+            raise MintError(f"{file} {problem}; write the (N, D) array of its kind there again (or rerun "
+                            "`mint grads` and pass its folder)")
         try:
             X = np.load(file, mmap_mode="r", allow_pickle=False)
-        except ValueError as e:
-            raise MintError(f"{file}: not a readable .npy array ({e})") from e
+        except (ValueError, EOFError, OSError) as e:
+            raise MintError(f"{file}: not a readable .npy array ({e}); write it again with numpy.save") from e
         features[kind] = _normalised(X, file)
     prov = {"source": "npy files", "path": str(path), "sha256": {k: sha256_file(f) for k, f in files.items()}}
     return features, prov
@@ -76,7 +84,7 @@ def _prepare_output(out, run_key: str, overwrite: bool) -> None:
     from mint._io import read_json
 
     out.mkdir(parents=True, exist_ok=True)
-    entries = [p for p in out.iterdir() if not p.name.startswith(".")]
+    entries = [p for p in own_entries(out) if not p.name.startswith(".")]
     if not entries:
         return
     marker = out / "run.json"
@@ -204,6 +212,7 @@ def run_selection(
     if len(set(names)) != len(names):
         raise MintError(f"ratios {ratio_list} give the same file name at two decimals; use ratios that differ by >= 0.01")
     check_settings(method, alpha, alpha_method, coef, preheat_ratio, dtype)
+    check_writable(out)
     features, inputs = load_feature_dir(features_dir)
     records, data_prov = _read_data(data, features, inputs, features_dir)
     settings = {

@@ -150,6 +150,7 @@ def data(ctx: Context) -> None:
     from mint.records import read_records
 
     ctx.n_records = len(read_records(ctx.train_path))
+    _check_sizes(cfg, ctx.n_records, ctx.train_path)
     # the training file's own hash, not the data step's key: a new held-out file redoes only the evaluations
     ctx.common = {"model": cfg.model.name, "train_sha256": source_sha256(ctx.train_path),
                   "render": render_key(cfg, ctx.train_path), "seed": cfg.seed}
@@ -160,6 +161,18 @@ def _absolute(source: str) -> str:
     from mint.records import source_format
 
     return source if source_format(source) == "hub" else str(Path(source).resolve())
+
+
+def _check_sizes(cfg: RunConfig, n: int, train_path: Path) -> None:
+    """Before the warm-up: enough records to select from, and a coreset of >= 1 example per ratio
+    (the selection would otherwise fail, or round a size up, after hours of work)."""
+    if n < 2:
+        raise MintError(f"{train_path} holds {n} record; selection needs at least 2 (config key data.train); "
+                        "add records")
+    for r in cfg.selection.ratios:
+        if round(r * n) < 1:
+            raise MintError(f"config key selection.ratios: ratio {r:g} of {n} records gives a coreset of "
+                            f"{r * n:.2f} examples, which rounds to 0; use a ratio of at least {1 / n:.3g} or more data")
 
 
 def _check_eval_schema(train_path: Path, eval_path: Path) -> None:
@@ -250,6 +263,10 @@ def train(ctx: Context) -> None:
         return do
 
     c = ctx.coreset
+    if c["weights"] is None and t.weighting != "none":
+        raise MintError(f"the coreset of ratio {c['ratio']:.2f} in {ctx.select_dir} has no 'weights' array, so "
+                        f"train.weighting {t.weighting} has nothing to apply; run the select step again (delete "
+                        f"{ctx.select_dir}) or set train.weighting none")
     ctx.trained["coreset"] = ctx.run.step(
         "train_coreset", {**common, "select": ctx.infos["select"].key, "ratio": c["ratio"], "weighting": t.weighting},
         trainer(c["indices"], c["weights"], t.weighting))
