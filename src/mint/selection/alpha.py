@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from mint.selection.distances import alpha_combination, combine_matrices, min_distance_sum
 from mint.selection.facility import lazy_greedy, similarity_from_distance
+from mint.selection.workers import in_workers, resolve_jobs
 
 __all__ = [
     "alpha_grid",
@@ -194,7 +194,7 @@ def scan_alphas(d_pt, d_ifl, alphas, k: int, *, n_jobs: int | None = None, progr
     if n_jobs > 1:
         _SHARED.update(d_pt=d_pt, d_ifl=d_ifl, k=k)
         try:
-            done = _in_workers(n_jobs, [[alphas[i] for i in c] for c in chunks],
+            done = in_workers(_worker, n_jobs, [[alphas[i] for i in c] for c in chunks],
                                on_result=lambda values: bar.update(len(values)) if bar is not None else None)
             for c, values in zip(chunks, done):
                 for i, r in zip(c, values):
@@ -213,75 +213,3 @@ def scan_alphas(d_pt, d_ifl, alphas, k: int, *, n_jobs: int | None = None, progr
     e_pt = np.array([r[0] for r in results], dtype=np.float64)
     e_ifl = np.array([r[1] for r in results], dtype=np.float64)
     return e_pt, e_ifl
-
-
-def _in_workers(n_jobs: int, tasks: list, on_result: Callable) -> list:
-    """`_worker(task)` for every task, in order, from forked worker processes that end with this
-    process: on any exception here (Ctrl-C, or SIGTERM turned into one by the caller) the workers
-    are stopped before it propagates, and a killed parent takes them along (`_watch_parent`)."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("fork"), initializer=_watch_parent,
-                               initargs=(os.getpid(),))
-    out = []
-    try:
-        for fut in [pool.submit(_worker, task) for task in tasks]:
-            out.append(fut.result())
-            on_result(out[-1])
-    except BaseException:
-        workers = list((getattr(pool, "_processes", None) or {}).values())  # no public handle on them
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in workers:
-            proc.terminate()
-        for proc in workers:
-            proc.join(timeout=5)
-        raise
-    pool.shutdown(wait=True)
-    return out
-
-
-def _watch_parent(parent_pid: int) -> None:
-    """Worker initializer: end when the parent ends, however it ends. On Linux the kernel sends
-    SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG); elsewhere a thread polls the parent
-    pid. SIGTERM gets its default action back (the parent's handler came along with fork)."""
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if not _parent_death_signal(signal.SIGKILL):
-        import threading
-
-        threading.Thread(target=_poll_parent, args=(parent_pid,), daemon=True).start()
-    if os.getppid() != parent_pid:  # the parent died before the above took effect
-        os._exit(1)
-
-
-def _parent_death_signal(signum: int) -> bool:
-    """Ask the kernel to send `signum` to this process when its parent dies (Linux only)."""
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(1, int(signum), 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return False
-
-
-def _poll_parent(parent_pid: int) -> None:
-    import time
-
-    while os.getppid() == parent_pid:
-        time.sleep(0.5)
-    os._exit(1)
-
-
-def resolve_jobs(n_jobs: int | None, n_tasks: int) -> int:
-    if n_jobs is None:
-        n_jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if not hasattr(os, "fork"):
-        n_jobs = 1  # the shared-memory pool needs fork; elsewhere run in process
-    return max(1, min(int(n_jobs), n_tasks))

@@ -66,7 +66,7 @@ def estimate_strategies(n: int, d: int, *, n_pre: int, n_kinds: int, auto: bool,
                         block: int, partition_size: int) -> dict[str, dict]:
     """Peak memory of the exact engine on all N rows, and of the partitioned one (as many parts
     at once as it has workers; `workers` and `n_parts` are in its entry)."""
-    from mint.selection.alpha import resolve_jobs
+    from mint.selection.workers import resolve_jobs
 
     common = dict(n_pre=n_pre, n_kinds=n_kinds, auto=auto, n_jobs=resolve_jobs(n_jobs, 174), itemsize=itemsize,
                   block=block)

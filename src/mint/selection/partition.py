@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from mint.selection.distances import DEFAULT_BLOCK, Combination, cross_distances
+from mint.selection.workers import in_workers
 
 __all__ = ["DEFAULT_PARTITION_SIZE", "split_parts", "seat_order", "PartResult", "part_fingerprint", "select_partitioned"]
 
@@ -139,15 +140,10 @@ def _run_parts(features, parts, counts, *, plan, alpha, run_exact, compute_error
 
         bar = tqdm(total=len(todo), desc="parts", unit="part", leave=False)
     if n_jobs > 1 and len(todo) > 1 and hasattr(os, "fork"):
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
         _SHARED.update(features=features, parts=parts, counts=counts, plan=plan, alpha=alpha, run_exact=run_exact,
                        compute_errors=compute_errors)
         try:
-            with ProcessPoolExecutor(max_workers=min(n_jobs, len(todo)), mp_context=mp.get_context("fork")) as pool:
-                for p, res in pool.map(_worker, todo):
-                    done(p, res)
+            in_workers(_worker, min(n_jobs, len(todo)), todo, on_result=lambda item: done(*item))
         finally:
             _SHARED.clear()
     else:
