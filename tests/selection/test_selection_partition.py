@@ -140,7 +140,8 @@ def test_memory_mapped_features_give_the_same_selection(tmp_path):
     (dict(partition_size=1), "partition_size must be a whole number >= 2"),
     (dict(partition_size=2.5), "partition_size must be a whole number >= 2"),
     (dict(preheat_max=1), "preheat_max must be a whole number >= 2"),
+    (dict(n_jobs=0), "n_jobs must be a whole number >= 1"),
 ])
 def test_bad_settings(kw, message):
     with pytest.raises(MintError, match=message):
-        select_coreset(_features(n=50), **KW, **kw)
+        select_coreset(_features(n=50), **{**KW, **kw})

@@ -369,6 +369,8 @@ def select_coreset(
                  preheat_ratio=preheat_ratio, preheat_max=preheat_max, seed=seed, dtype=dtype,
                  plateau_min_alpha=plateau_min_alpha, golden_tol=golden_tol, golden_max_iter=golden_max_iter)
     check_strategy(strategy)
+    if n_jobs is not None:
+        check_count(n_jobs, "n_jobs", 1, "the number of worker processes (None: every available core)")
     partition_size = check_count(partition_size, "partition_size", 2, "a part must hold at least 2 rows")
     limit = check_limit(memory_limit_bytes)
     chosen_alpha, curve = (float(alpha) if alpha is not None else None), None
