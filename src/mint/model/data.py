@@ -124,13 +124,9 @@ class TokenizedExample:
 # Records -> examples
 
 
-def load_examples(path: str | os.PathLike, *, schema: str = "auto", assistant_turns: str = "all") -> list[Example]:
-    """Read a data source (any format of `mint.sources`) into examples, in order.
-
-    ``schema`` is ``auto`` (taken from the first record, and logged) or one of `SCHEMAS`; every
-    record must follow it. ``assistant_turns='last'`` refuses two assistant turns in a row before
-    the response. Bad records raise `MintError` naming the file, line (or row) and key.
-    """
+def read_with_schema(path: str | os.PathLike, *, schema: str = "auto", assistant_turns: str = "all"):
+    """(records, schema) of a data source: the settings checked, the records read, and with
+    ``schema='auto'`` the schema of the first record (logged)."""
     from mint.records import read_records
 
     if schema != "auto" and schema not in SCHEMAS:
@@ -144,6 +140,17 @@ def load_examples(path: str | os.PathLike, *, schema: str = "auto", assistant_tu
             raise MintError(f"{records.where(0)}: no schema fits the keys {sorted(records[0])}; {SCHEMA_HINT}")
         log.info("%s: %d records, %s format, %s schema (detected from the first record)", records.source,
                  len(records), records.format, schema)
+    return records, schema
+
+
+def load_examples(path: str | os.PathLike, *, schema: str = "auto", assistant_turns: str = "all") -> list[Example]:
+    """Read a data source (any format of `mint.sources`) into examples, in order.
+
+    ``schema`` is ``auto`` (taken from the first record, and logged) or one of `SCHEMAS`; every
+    record must follow it. ``assistant_turns='last'`` refuses two assistant turns in a row before
+    the response. Bad records raise `MintError` naming the file, line (or row) and key.
+    """
+    records, schema = read_with_schema(path, schema=schema, assistant_turns=assistant_turns)
     examples, ignored_tail = [], 0
     for i, record in enumerate(records):
         found = detect_schema(record)

@@ -13,7 +13,6 @@ import sys
 from collections import Counter
 from typing import Any
 
-from mint.errors import MintError
 
 __all__ = ["inspect_data", "inspect_text"]
 
@@ -107,18 +106,9 @@ def inspect_data(source: str | os.PathLike, *, model: str | os.PathLike | None =
                  progress: bool = True) -> dict[str, Any]:
     """The report of a data source as one JSON-ready dict (see the module docstring); the token
     section only with ``model`` (a folder, alias or cached hub id whose tokenizer is loaded)."""
-    from mint.choices import ASSISTANT_TURNS, SCHEMAS
-    from mint.records import SCHEMA_HINT, detect_schema, read_records
+    from mint.model.data import read_with_schema
 
-    if schema != "auto" and schema not in SCHEMAS:
-        raise MintError(f"unknown schema {schema!r}; use one of auto, {', '.join(SCHEMAS)}")
-    if assistant_turns not in ASSISTANT_TURNS:
-        raise MintError(f"assistant_turns must be one of {', '.join(ASSISTANT_TURNS)}, got {assistant_turns!r}")
-    records = read_records(source)
-    if schema == "auto":
-        schema = detect_schema(records[0])
-        if schema is None:
-            raise MintError(f"{records.where(0)}: no schema fits the keys {sorted(records[0])}; {SCHEMA_HINT}")
+    records, schema = read_with_schema(source, schema=schema, assistant_turns=assistant_turns)
     examples, bad = _examples(records, schema, assistant_turns)
     report: dict[str, Any] = {"source": records.source, "format": records.format, "schema": schema,
                               "assistant_turns": assistant_turns, "records": len(records),
