@@ -191,3 +191,30 @@ def test_partitioned_selection_resumes_at_the_part_where_it_stopped(npy_dir, tmp
         a, b = (tmp_path / "whole" / f"coreset_{r:.2f}.npz"), (tmp_path / "again" / f"coreset_{r:.2f}.npz")
         assert a.read_bytes() == b.read_bytes()
     assert again.order.tobytes() == whole.order.tobytes()
+
+
+@pytest.mark.slow
+def test_two_rank_torchrun_partitioned_selection_equals_one_process(npy_dir, tmp_path):
+    """Under torchrun the parts are spread over the ranks (shared through select/parts/) and
+    rank 0 writes the outputs: the same bytes as one process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    common = ["select", "--features", str(npy_dir), "--ratios", "0.1", "0.2", "--alpha", "0.8", "--strategy",
+              "partitioned", "--partition_size", "20", "--n_jobs", "1", "--no_progress"]
+    assert main([*common, "--output_dir", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "mint.cli", *common,
+                             "--output_dir", str(tmp_path / "two")], env=env, capture_output=True, text=True,
+                            timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for r in (0.1, 0.2):
+        name = f"coreset_{r:.2f}.npz"
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    assert (tmp_path / "one" / "selection.npz").read_bytes() == (tmp_path / "two" / "selection.npz").read_bytes()
+    assert not (tmp_path / "two" / "parts").exists()
+    assert result.stdout.count("outputs in") == 1  # only rank 0 reports
+    assert result.stderr.count("computing 2 of the 4 parts in this process") == 2  # the ranks split the parts

@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from mint._io import read_json
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
                     golden_tol=args.golden_tol, golden_max_iter=args.golden_max_iter,
                     max_memory_gb=args.max_memory_gb, progress=not args.no_progress,
                     cache_distances={"auto": None, "on": True, "off": False}[args.distance_cache])
-    summary = read_json(Path(args.output_dir) / "summary.json")
-    print(summary_text(summary), end="")
-    print(f"outputs in {args.output_dir}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 wrote the outputs
+        summary = read_json(Path(args.output_dir) / "summary.json")
+        print(summary_text(summary), end="")
+        print(f"outputs in {args.output_dir}")
     return 0

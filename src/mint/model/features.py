@@ -24,6 +24,7 @@ from mint._folders import check_writable
 from mint.choices import GRAD_TYPES
 from mint.errors import MintError
 from mint.records import source_format, source_sha256
+from mint.model.distributed import barrier, process_group
 from mint.model.gradients import LoraGradCollector, Preconditioner, shard_features
 
 __all__ = ["compute_features"]
@@ -58,7 +59,7 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
 
     data_path, warmup_dir, output_dir = _check_inputs(data_path, warmup_dir, output_dir, grad_type=grad_type,
                                                       batch_size=batch_size)
-    rank, world, dist = _distributed()
+    rank, world, dist = process_group()
     device = _rank_device(device)
     examples = load_examples(data_path, schema=schema, assistant_turns=assistant_turns)
     setup = _load_adapter_model(model_name_or_dir, warmup_dir, grad_type=grad_type, device=device, dtype=dtype)
@@ -89,13 +90,13 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     if rank == 0:
         _warn_on_changes(output_dir, info, settings, warmup_dir, overwrite)
         store.prepare(overwrite=overwrite)
-    _barrier(dist)
+    barrier(dist)
     n_todo, elapsed = _compute_shards(store, setup, projector, tokenized, rank=rank, world=world,
                                       batch_size=batch_size, progress=progress)
-    _barrier(dist)
+    barrier(dist)
     if rank == 0:
         store.merge(progress=progress)
-    _barrier(dist)
+    barrier(dist)
     rate = n_todo / elapsed if elapsed > 0 else float("nan")
     log.info("rank %d: %d examples in %.1f s (%.2f examples/s), grad_dim %d, grad_type %s, dims %s",
              rank, n_todo, elapsed, rate, setup.collector.grad_dim, grad_type, ", ".join(map(str, projector.keys)))
@@ -217,28 +218,6 @@ def _compute_shards(store, setup: _Setup, projector, tokenized, *, rank: int, wo
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _distributed():
-    """(rank, world_size, torch.distributed or None); initialises the process group when the
-    process was started by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, None
-    import datetime
-
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        # ranks wait for each other at the merge; shards can take hours on big data sets
-        dist.init_process_group(backend, timeout=datetime.timedelta(hours=12))
-    return dist.get_rank(), dist.get_world_size(), dist
-
-
-def _barrier(dist) -> None:
-    if dist is not None:
-        dist.barrier()
 
 
 def _adapter_dir(warmup_dir: Path) -> Path:

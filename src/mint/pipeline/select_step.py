@@ -13,6 +13,7 @@ from mint._io import array_problem, atomic_write_text
 from mint._folders import check_writable, own_entries
 from mint.choices import FEATURE_KINDS as KINDS
 from mint.errors import MintError
+from mint.model.distributed import barrier, process_group
 from mint.pipeline.coresets import coreset_file, save_coreset
 from mint.selection import alpha as alpha_mod
 from mint.selection.core import SelectionResult, select_coreset
@@ -115,10 +116,19 @@ class PartFolder:
     with the same settings resumes at the part where it stopped. A file whose fingerprint differs
     (other rows, sizes or settings) is ignored and replaced."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, *, rank: int = 0, world: int = 1, dist=None):
         from pathlib import Path
 
         self.folder = Path(folder)
+        self.rank, self.world, self.dist = rank, world, dist
+        if world > 1:  # torchrun: part p is computed by rank p % world, all read every part after sync
+            self.mine = lambda part: part % world == rank
+            self.sync = self._sync
+
+    def _sync(self) -> None:
+        from mint.model.distributed import barrier
+
+        barrier(self.dist)
 
     def _file(self, part: int):
         return self.folder / f"part_{part:05d}.npz"
@@ -223,25 +233,31 @@ def run_selection(
     }
     run_key = hashlib.sha256(json.dumps({"settings": settings, "inputs": inputs, "data": data_prov},
                                         sort_keys=True).encode()).hexdigest()
-    _prepare_output(out, run_key, overwrite)
-    atomic_write_json(out / "run.json", {"run_key": run_key, "settings": settings, "inputs": inputs, "data": data_prov})
-
+    rank, world, dist = process_group()  # under torchrun the parts are spread over the ranks; rank 0 writes
+    if rank == 0:
+        _prepare_output(out, run_key, overwrite)
+        atomic_write_json(out / "run.json", {"run_key": run_key, "settings": settings, "inputs": inputs,
+                                             "data": data_prov})
+    barrier(dist)
     limit = int(max_memory_gb * (1 << 30)) if max_memory_gb is not None else _available_bytes()
     res = select_coreset(
         features, ratios=ratio_list, method=method, alpha=alpha, alpha_method=alpha_method, coef=coef,
         preheat_ratio=preheat_ratio, seed=seed, dtype=dtype, n_jobs=n_jobs, plateau_min_alpha=plateau_min_alpha,
         golden_tol=golden_tol, golden_max_iter=golden_max_iter, memory_limit_bytes=limit,
         cache_distances=cache_distances, strategy=strategy, partition_size=partition_size, preheat_max=preheat_max,
-        part_cache=PartFolder(out / PARTS_DIR), progress=progress,
+        part_cache=PartFolder(out / PARTS_DIR, rank=rank, world=world, dist=dist), progress=progress and rank == 0,
     )
-    # the data file the coresets index into, recorded in every coreset file ("" when unknown)
-    data_sha256 = data_prov["sha256"] if data_prov else inputs.get("data_sha256") or ""
-    files = _write_outputs(out, res, ratio_list, records, data_sha256)
-    timings = {"wall_s": time.perf_counter() - t0}  # stage times are in the log, not in the result
-    summary = _summary(res, ratio_list, settings, inputs, data_prov, run_key, timings, files)
-    atomic_write_text(out / "summary.txt", summary_text(summary))
-    atomic_write_json(out / "summary.json", summary)
-    PartFolder(out / PARTS_DIR).remove()
+    if rank == 0:
+        # the data file the coresets index into, recorded in every coreset file ("" when unknown)
+        data_sha256 = data_prov["sha256"] if data_prov else inputs.get("data_sha256") or ""
+        files = _write_outputs(out, res, ratio_list, records, data_sha256)
+        timings = {"wall_s": time.perf_counter() - t0}  # stage times are in the log, not in the result
+        summary = _summary(res, ratio_list, settings, inputs, data_prov, run_key, timings, files)
+        atomic_write_text(out / "summary.txt", summary_text(summary))
+        atomic_write_json(out / "summary.json", summary)
+    barrier(dist)  # every rank has read the parts before they go
+    if rank == 0:
+        PartFolder(out / PARTS_DIR).remove()
     return res
 
 

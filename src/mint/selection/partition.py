@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from mint.errors import MintError
 from mint.selection.distances import DEFAULT_BLOCK, Combination, cross_distances
 from mint.selection.workers import in_workers
 
@@ -114,7 +115,10 @@ def _run_parts(features, parts, counts, *, plan, alpha, run_exact, compute_error
                progress: bool, part_cache=None) -> dict[int, PartResult]:
     """Every part with a budget, in worker processes when n_jobs > 1. `part_cache` (optional,
     the caller's: `.get(p, fingerprint)` / `.put(p, fingerprint, PartResult)`) keeps finished
-    parts, so an interrupted selection resumes at the part where it stopped."""
+    parts, so an interrupted selection resumes at the part where it stopped. A cache shared by
+    several processes (torchrun ranks) may also offer `.mine(p)` (whether this process computes
+    part p) and `.sync()` (wait until every process has put its parts); the others' parts are
+    then read from it."""
     todo = [p for p in range(len(parts)) if counts[p]]
     prints = {p: part_fingerprint(parts[p], counts[p], plan, alpha, compute_errors) for p in todo}
     results: dict[int, PartResult] = {}
@@ -125,7 +129,11 @@ def _run_parts(features, parts, counts, *, plan, alpha, run_exact, compute_error
                 results[p] = found
         if results:
             logger.info("partitioned selection: %d of %d parts already done", len(results), len(todo))
-    todo = [p for p in todo if p not in results]
+    everything = todo
+    mine = getattr(part_cache, "mine", None)
+    todo = [p for p in todo if p not in results and (mine is None or mine(p))]
+    if mine is not None:
+        logger.info("partitioned selection: computing %d of the %d parts in this process", len(todo), len(everything))
 
     def done(p: int, res: PartResult) -> None:
         results[p] = res
@@ -152,6 +160,14 @@ def _run_parts(features, parts, counts, *, plan, alpha, run_exact, compute_error
                                  compute_errors=compute_errors))
     if bar is not None:
         bar.close()
+    if hasattr(part_cache, "sync"):
+        part_cache.sync()
+        for p in everything:
+            if p not in results:
+                results[p] = part_cache.get(p, prints[p])
+                if results[p] is None:
+                    raise MintError(f"part {p} of the partitioned selection is missing from the shared part store "
+                                    "after every process finished; run the same command again")
     return results
 
 
