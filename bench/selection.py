@@ -14,6 +14,7 @@ As `mint select` does, the memory available now is passed as the engine's memory
     .venv/bin/python bench/selection.py --n 52000 --d 256 --one_alpha 0.97             # one scan point
     .venv/bin/python bench/selection.py --partition_quality --n 20000 --d 1024 --partition_size 5000
     .venv/bin/python bench/selection.py --n 270000 --d 1024 --skip_floor
+    .venv/bin/python bench/selection.py --float16_effect --n 8000 --d 1024
     .venv/bin/python bench/selection.py --n 1000000 --d 1024 --skip_floor --mmap_dir /tmp/feats_1m
 
 `--partition_quality` runs the exact engine (automatic alpha) and the partitioned one (the same
@@ -140,9 +141,34 @@ def run_one_alpha(n: int, d: int, seed: int, alpha: float) -> dict:
     return out
 
 
+def _compare(feats, base, other, n: int) -> list[dict]:
+    """`other` against `base` on the exact objective of `feats` (the alpha of `base`): F(T),
+    E_PT and E_IFL over all rows, and the overlap, per ratio."""
+    from mint.selection.distances import DistanceColumns, alpha_combination, combined_distances, prefix_min_sums
+
+    sizes = [len(s.indices) for s in base.subsets.values()]
+    D = combined_distances(feats, alpha_combination(base.alpha))
+    top = float(D.max())
+    e_d = {name: prefix_min_sums(DistanceColumns.from_matrix(D), res.order, sizes)
+           for name, res in (("base", base), ("other", other))}
+    del D
+    errs = {name: {kind: prefix_min_sums(DistanceColumns.from_features(feats[kind], dtype=np.float32, block=2048),
+                                         res.order, sizes) for kind in ("pt", "ifl")}
+            for name, res in (("base", base), ("other", other))}
+    rows = []
+    for r in RATIOS:
+        k = len(base.subsets[r].indices)
+        overlap = len(set(base.subsets[r].indices.tolist()) & set(other.subsets[r].indices.tolist())) / k
+        rows.append({"ratio": r, "k": k, "f_ratio": round((n * top - e_d["other"][k]) / (n * top - e_d["base"][k]), 5),
+                     "e_pt_ratio": round(errs["other"]["pt"][k] / errs["base"]["pt"][k], 4),
+                     "e_ifl_ratio": round(errs["other"]["ifl"][k] / errs["base"]["ifl"][k], 4),
+                     "reported_e_pt_ratio": round(other.subsets[r].e_pt / errs["other"]["pt"][k], 4),
+                     "overlap": round(overlap, 3)})
+    return rows
+
+
 def run_partition_quality(n: int, d: int, seed: int, n_jobs: int | None, partition_size: int) -> dict:
     from mint import select_coreset
-    from mint.selection.distances import DistanceColumns, alpha_combination, combined_distances, prefix_min_sums
 
     feats = make_features(n, d, seed)
     out = {"n": n, "d": d, "seed": seed, "partition_size": partition_size, "ratios": RATIOS}
@@ -155,27 +181,21 @@ def run_partition_quality(n: int, d: int, seed: int, n_jobs: int | None, partiti
                           strategy="partitioned", partition_size=partition_size)
     out["partitioned_s"] = round(time.perf_counter() - t, 1)
     out["alpha"], out["strategy"] = exact.alpha, part.settings["distance_strategy"]
-    D = combined_distances(feats, alpha_combination(exact.alpha))
-    top = float(D.max())
-    e_d = {}
-    for name, res in (("exact", exact), ("partitioned", part)):
-        e_d[name] = prefix_min_sums(DistanceColumns.from_matrix(D), res.order, [len(s.indices) for s in res.subsets.values()])
-    del D
-    errs = {name: {kind: prefix_min_sums(DistanceColumns.from_features(feats[kind], dtype=np.float32, block=2048), res.order,
-                                         [len(s.indices) for s in res.subsets.values()]) for kind in ("pt", "ifl")}
-            for name, res in (("exact", exact), ("partitioned", part))}
-    rows = []
-    for r in RATIOS:
-        k = len(exact.subsets[r].indices)
-        f_exact, f_part = n * top - e_d["exact"][k], n * top - e_d["partitioned"][k]
-        overlap = len(set(exact.subsets[r].indices.tolist()) & set(part.subsets[r].indices.tolist())) / k
-        rows.append({"ratio": r, "k": k, "f_ratio": round(f_part / f_exact, 5),
-                     "e_pt_ratio": round(errs["partitioned"]["pt"][k] / errs["exact"]["pt"][k], 4),
-                     "e_ifl_ratio": round(errs["partitioned"]["ifl"][k] / errs["exact"]["ifl"][k], 4),
-                     "within_part_e_pt_ratio": round(part.subsets[r].e_pt / errs["partitioned"]["pt"][k], 4),
-                     "overlap": round(overlap, 3)})
-    out["per_ratio"] = rows
+    out["per_ratio"] = _compare(feats, exact, part, n)
     return out
+
+
+def run_float16_effect(n: int, d: int, seed: int, n_jobs: int | None) -> dict:
+    """The selection from float16-stored normalised features against float32 (automatic alpha
+    on each), scored on the float32 features."""
+    from mint import select_coreset
+
+    feats = make_features(n, d, seed)
+    half = {k: X.astype(np.float16) for k, X in feats.items()}
+    kw = dict(ratios=RATIOS, seed=seed, n_jobs=n_jobs, progress=False, memory_limit_bytes=_available_bytes())
+    full, reduced = select_coreset(feats, **kw), select_coreset(half, **kw)
+    return {"n": n, "d": d, "seed": seed, "alpha_float32": full.alpha, "alpha_float16": reduced.alpha,
+            "per_ratio": _compare(feats, full, reduced, n)}
 
 
 def run_timing(n: int, d: int, seed: int, n_jobs: int | None, skip_floor: bool, alpha: float | None = None,
@@ -311,10 +331,13 @@ def main(argv=None) -> int:
     p.add_argument("--partition_size", type=int, default=20_000)
     p.add_argument("--partition_quality", action="store_true", help="partitioned against exact on the exact objective")
     p.add_argument("--mmap_dir", default=None, help="write the features there as .npy and select from memory maps")
+    p.add_argument("--float16_effect", action="store_true", help="float16-stored features against float32")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.exactness:
         result = run_exactness(args.n, args.d, args.seed, args.n_jobs)
+    elif args.float16_effect:
+        result = run_float16_effect(args.n, args.d, args.seed, args.n_jobs)
     elif args.partition_quality:
         result = run_partition_quality(args.n, args.d, args.seed, args.n_jobs, args.partition_size)
     elif args.one_alpha is not None:

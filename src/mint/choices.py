@@ -23,3 +23,4 @@ def is_device(name: str) -> bool:
     import re
 
     return bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(name)))
+STORAGE_DTYPES = ("float32", "float16")  # the normalised features the selection reads

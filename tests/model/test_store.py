@@ -96,3 +96,35 @@ def test_refuses_foreign_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(MintError, match="not a feature store"):
         FeatureStore(tmp_path, n=1, dims=[2], shard_size=1, settings=SETTINGS).prepare()
+
+
+def test_float16_storage_of_the_normalised_rows(tmp_path):
+    import json
+
+    from mint.model.store import normalize_rows
+
+    sft, pt = _rows(10, 6, 1)
+    store = FeatureStore(tmp_path / "f", n=10, dims=[6], shard_size=4, settings=SETTINGS, normalized_dtype="float16")
+    store.prepare()
+    _fill(store, sft, pt)
+    store.merge()
+    norm = load_features(tmp_path / "f")
+    assert norm["pt"].dtype == np.float16
+    np.testing.assert_array_equal(norm["pt"], normalize_rows(pt).astype(np.float16))
+    np.testing.assert_array_equal(norm["ifl"], normalize_rows(sft - pt).astype(np.float16))
+    raw = load_features(tmp_path / "f", normalized=False)
+    assert raw["sft"].dtype == np.float32 and np.array_equal(raw["sft"], sft)  # raw rows stay exact
+    assert feature_file(tmp_path / "f", "pt", 6, True).stat().st_size < feature_file(tmp_path / "f", "pt", 6,
+                                                                                      False).stat().st_size
+    # the same folder with the other storage dtype is another store
+    other = FeatureStore(tmp_path / "f", n=10, dims=[6], shard_size=4, settings=SETTINGS)
+    with pytest.raises(MintError, match="normalized_dtype: store has 'float16', this run needs 'float32'"):
+        other.prepare()
+    # a manifest written before the option reads as float32
+    manifest = json.loads((tmp_path / "f" / "manifest.json").read_text())
+    del manifest["normalized_dtype"]
+    (tmp_path / "f" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MintError, match="expected \\(10, D\\) float32, found \\(10, 6\\) float16"):
+        load_features(tmp_path / "f")
+    with pytest.raises(MintError, match="unknown storage dtype 'int8'"):
+        FeatureStore(tmp_path / "g", n=10, dims=[6], shard_size=4, settings=SETTINGS, normalized_dtype="int8")

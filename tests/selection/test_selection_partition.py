@@ -145,3 +145,12 @@ def test_memory_mapped_features_give_the_same_selection(tmp_path):
 def test_bad_settings(kw, message):
     with pytest.raises(MintError, match=message):
         select_coreset(_features(n=50), **{**KW, **kw})
+
+
+def test_float16_features_select_as_their_float32_values():
+    """float16 storage: the engine computes in float32 from the stored values, so the selection
+    equals the one on those values cast to float32, bit for bit, for both strategies."""
+    half = {k: X.astype(np.float16) for k, X in _features(n=300).items()}
+    cast = {k: X.astype(np.float32) for k, X in half.items()}
+    for kw in (dict(strategy="exact"), dict(strategy="partitioned", partition_size=100), dict()):
+        _same(select_coreset(half, **KW, **kw), select_coreset(cast, **KW, **kw))

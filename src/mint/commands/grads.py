@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_config_options(
         parser, [("data.train", "--data"), *MODEL_KEYS, *RENDER_KEYS, "seed", "threads", ("grads.proj_dim", "--proj_dim"),
-                 ("grads.grad_type", "--grad_type"), ("grads.batch_size", "--batch_size")],
+                 ("grads.grad_type", "--grad_type"), ("grads.batch_size", "--batch_size"),
+                 ("grads.storage_dtype", "--storage_dtype")],
         required=["data.train"],
         # several dimensions come from one pass here, so this option takes a list and is read by
         # `run` itself (dest differs from the key, so it is not applied to the one-number config key)

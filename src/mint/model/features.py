@@ -38,8 +38,8 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
                      template: str = "auto", schema: str = "auto", long_prompts: str = "error",
                      assistant_turns: str = "all",
                      projection: str = "rademacher", shard_size: int = 64, device: str = "auto",
-                     dtype: str = "auto", cache_bytes: int = 1 << 30, overwrite: bool = False,
-                     progress: bool = True) -> Path:
+                     dtype: str = "auto", storage_dtype: str = "float32", cache_bytes: int = 1 << 30,
+                     overwrite: bool = False, progress: bool = True) -> Path:
     """Gradient features (SFT, PT, IFL) of every example of `data_path` into the store
     `output_dir` (see `mint.model.store`); returns `output_dir`. Resumes an interrupted run.
 
@@ -50,7 +50,8 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     `mint.model.data.tokenize_examples`). shard_size: examples per resumable shard, also the number
     projected together (2 * shard_size rows per projection call; a constant of the store, since
     it fixes the batches). dtype: the model's precision (`mint.model.modeling.resolve_dtype`; the
-    store records the resolved one as `model_dtype`). cache_bytes: memory for cached projection
+    store records the resolved one as `model_dtype`). storage_dtype: float32, or float16 for
+    the normalised rows the selection reads (half their disk and I/O; raw rows stay float32). cache_bytes: memory for cached projection
     tiles. overwrite: replace a store made with other settings (its partial progress is lost).
     Under `torchrun`, each rank computes a contiguous range of shards and rank 0 merges."""
     from mint.model.data import load_examples, token_settings, tokenize_examples
@@ -74,7 +75,7 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
             "world_size": world, "device": str(setup.device), "grad_dim": setup.collector.grad_dim,
             "dtype": dtype}
     store = FeatureStore(output_dir, n=len(examples), dims=list(projector.keys), shard_size=shard_size,
-                         settings=settings, info=info)
+                         settings=settings, info=info, normalized_dtype=storage_dtype)
     if store.is_complete() and not overwrite:
         store.prepare()  # refuses a complete store made with other settings
         damage = store.damage()

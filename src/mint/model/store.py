@@ -6,7 +6,9 @@ Layout of a store folder::
     shards/shard_00003.npz         raw SFT and PT rows of examples [3*S, 4*S), per dimension
     shards/shard_00003.done        completion marker (index range + sha256 of the .npz)
     features/{kind}_{dim}.npy      after the merge: raw float32 (N, D), kind in sft/pt/ifl
-    features/{kind}_{dim}_normalized.npy   the same rows L2-normalised (zero rows stay zero)
+    features/{kind}_{dim}_normalized.npy   the same rows L2-normalised (zero rows stay zero); float32,
+                                   or float16 with `normalized_dtype="float16"` (half the disk and I/O
+                                   of what the selection reads; the raw rows stay float32)
 
 `dim` is the projection dimension, or `full` for raw gradients. Shards are written
 atomically and then marked done, so a run killed at any point resumes from the last complete
@@ -29,6 +31,7 @@ import numpy as np
 from mint._io import array_problem, atomic_save_npz, atomic_write_json, read_json, sha256_file
 from mint._folders import own_entries
 from mint.choices import FEATURE_KINDS as KINDS
+from mint.choices import STORAGE_DTYPES
 from mint.errors import MintError
 
 __all__ = ["FeatureStore", "read_manifest", "load_features", "feature_file", "KINDS", "FORMAT"]
@@ -81,7 +84,10 @@ class FeatureStore:
     """
 
     def __init__(self, path: str | os.PathLike, *, n: int, dims: list, shard_size: int,
-                 settings: dict, info: dict | None = None):
+                 settings: dict, info: dict | None = None, normalized_dtype: str = "float32"):
+        if normalized_dtype not in STORAGE_DTYPES:
+            raise MintError(f"unknown storage dtype {normalized_dtype!r} for the normalised features; use one of "
+                            f"{', '.join(STORAGE_DTYPES)}")
         if n < 1:
             raise MintError("the data set is empty; nothing to compute")
         if shard_size < 1:
@@ -92,6 +98,7 @@ class FeatureStore:
         self.shard_size = int(shard_size)
         self.settings = json.loads(json.dumps(settings, default=str))
         self.info = dict(info or {})
+        self.normalized_dtype = normalized_dtype
 
     # --- bookkeeping -------------------------------------------------------------------
     @property
@@ -112,6 +119,7 @@ class FeatureStore:
 
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "complete": complete,
                 "n": self.n, "dims": self.dims, "kinds": list(KINDS), "dtype": "float32",
+                "normalized_dtype": self.normalized_dtype,
                 "shard_size": self.shard_size, "settings": self.settings, "info": self.info,
                 "versions": versions()}
 
@@ -130,7 +138,9 @@ class FeatureStore:
             else:
                 old = read_manifest(self.path)
                 problems = _mismatches(old.get("settings", {}), self.settings)
-                for key, want in (("n", self.n), ("dims", self.dims), ("shard_size", self.shard_size)):
+                old.setdefault("normalized_dtype", "float32")  # stores written before the option
+                for key, want in (("n", self.n), ("dims", self.dims), ("shard_size", self.shard_size),
+                                  ("normalized_dtype", self.normalized_dtype)):
                     if old.get(key) != want:
                         problems.append(f"{key}: store has {old.get(key)!r}, this run needs {want!r}")
                 if problems:
@@ -204,7 +214,8 @@ class FeatureStore:
                     final = feature_file(self.path, kind, dim, normalized)
                     tmp = final.with_name(f".{final.name}.tmp")
                     tmps[kind, normalized] = (tmp, final)
-                    outs[kind, normalized] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                    dtype = self.normalized_dtype if normalized else "float32"
+                    outs[kind, normalized] = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
                                                                        shape=(self.n, width))
             for k in range(self.num_shards):
                 start, end = self.shard_range(k)
@@ -233,8 +244,8 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
 
 def load_features(path: str | os.PathLike, dim=None, normalized: bool = True, *,
                   expect: dict[str, Any] | None = None, mmap: bool = True) -> dict[str, np.ndarray]:
-    """Feature matrices of a complete store: {"sft", "pt", "ifl"} -> (N, D) float32, in
-    dataset order.
+    """Feature matrices of a complete store: {"sft", "pt", "ifl"} -> (N, D) float32 (the
+    normalised ones float16 in a store written with `normalized_dtype="float16"`), in dataset order.
 
     `dim`: the projection dimension to read (None: the only one stored, or the largest);
     `expect`: settings the store must have been made with, e.g.
@@ -270,7 +281,8 @@ def load_features(path: str | os.PathLike, dim=None, normalized: bool = True, *,
             raise MintError(f"{file} {problem}: the feature store is damaged; run the same `mint grads` command "
                             "again (it recomputes a damaged store)")
         arr = np.load(file, mmap_mode="r" if mmap else None)
-        if arr.dtype != np.float32 or arr.ndim != 2 or arr.shape[0] != n:
-            raise MintError(f"{file}: expected ({n}, D) float32, found {arr.shape} {arr.dtype}; the store is damaged")
+        want = manifest.get("normalized_dtype", "float32") if normalized else "float32"
+        if arr.dtype != np.dtype(want) or arr.ndim != 2 or arr.shape[0] != n:
+            raise MintError(f"{file}: expected ({n}, D) {want}, found {arr.shape} {arr.dtype}; the store is damaged")
         out[kind] = arr
     return out

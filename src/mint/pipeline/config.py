@@ -79,6 +79,8 @@ class GradsConfig:
     grad_type: str = _f("adam", "adam (preconditioned with the warm-up AdamW state, as in LESS/MINT) | sgd | sign",
                         choices=choices.GRAD_TYPES)
     batch_size: int = _f(8, "examples per batched per-example-gradient pass")
+    storage_dtype: str = _f("float32", "float32 | float16: the normalised features the selection reads (float16 "
+                                       "halves their disk and I/O)", choices=choices.STORAGE_DTYPES)
 
 
 @dataclass

@@ -70,6 +70,7 @@ def grads_call(cfg: RunConfig, train_path: Path, warmup_dir: Path, folder: Path,
     options.setdefault("proj_dim", g.proj_dim)
     return compute_features(cfg.model.name, train_path, warmup_dir, folder, grad_type=g.grad_type,
                             batch_size=g.batch_size, seed=cfg.seed, device=cfg.model.device, dtype=cfg.model.dtype,
+                            storage_dtype=g.storage_dtype,
                             **render_options(cfg), **options)
 
 
