@@ -1,0 +1,29 @@
+"""The selection benchmarks still run: each mode of bench/selection.py on a tiny problem in a
+subprocess (seconds), so a refactor that breaks a benchmark fails the suite. Their numbers are
+not checked here; docs/benchmarks.md records them from full-size runs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("mode", [
+    ["--n", "300", "--d", "16", "--n_jobs", "1"],
+    ["--n", "300", "--d", "16", "--n_jobs", "1", "--skip_floor", "--strategy", "partitioned", "--partition_size", "100"],
+    ["--partition_quality", "--n", "300", "--d", "16", "--partition_size", "100", "--n_jobs", "1"],
+    ["--float16_effect", "--n", "300", "--d", "16", "--n_jobs", "1"],
+    ["--exactness", "--n", "120", "--d", "16", "--n_jobs", "1"],
+], ids=["timing", "partitioned", "partition_quality", "float16_effect", "exactness"])
+def test_selection_benchmark_modes_run(mode, tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "selection.py"), *mode], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["n"] == int(mode[mode.index("--n") + 1])
