@@ -177,3 +177,16 @@ def test_remove_stale_temps(tmp_path, caplog):
         remove_stale_temps(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + [".run.checkpoint.pt"])
     assert caplog.text.count("left by an interrupted run") == 4
+
+
+def test_a_folder_inside_a_folder_being_written_is_refused(held):
+    """`mint select --output_dir RUN/select` while another process writes RUN (a `mint run`)."""
+    folder, proc = held
+    inner = folder / "select"
+    with pytest.raises(MintError, match=rf"{inner} lies inside {folder}, which `mint holder` \(pid {proc.pid}"):
+        with FolderLock(inner, "select"):
+            pass
+    assert read_holder(inner) is None  # refused before it recorded itself
+    proc.communicate("", timeout=30)
+    with FolderLock(inner, "select"):  # the outer writer is gone: the inner folder is free
+        assert read_holder(inner)["command"] == "select"

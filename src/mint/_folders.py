@@ -145,7 +145,39 @@ class FolderLock:
                 self._fd = fd
             else:  # the file was removed or replaced while we waited for it: lock the new one
                 os.close(fd)
+        try:
+            self._check_enclosing(fcntl)
+        except BaseException:
+            self.release()
+            raise
         self._record()
+
+    def _check_enclosing(self, fcntl) -> None:
+        """Refuse (or, with `wait`, wait) while another process writes a folder that holds this
+        one, e.g. `mint select --output_dir RUN/select` during a `mint run` of RUN. Only the
+        folders above are checked: a writer below this folder is not seen."""
+        for parent in self.folder.resolve().parents:
+            lock = parent / LOCK_FILE
+            if not lock.is_file():
+                continue
+            try:
+                fd = os.open(lock, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = describe(read_holder(parent))
+                    if not self.wait:
+                        raise MintError(f"{self.folder} lies inside {parent}, which {holder} is writing; wait for it "
+                                        "to finish, pass --wait to wait for it, or choose a folder outside it") from None
+                    log.info("%s lies inside %s, which %s is writing; waiting for it (--wait)", self.folder, parent,
+                             holder)
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
 
     def _lock(self, fcntl, fd: int) -> None:
         try:
