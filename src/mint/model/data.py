@@ -143,6 +143,18 @@ def read_with_schema(path: str | os.PathLike, *, schema: str = "auto", assistant
     return records, schema
 
 
+def parse_in_schema(record: dict, schema: str, *, assistant_turns: str):
+    """One record of a file in `schema`, parsed; `BadRecord` (the problem, without the place)
+    when it follows no schema, another one, or not its own rules."""
+    found = detect_schema(record)
+    if found is None:
+        raise BadRecord(f"no schema fits the keys {sorted(record)}; {SCHEMA_HINT}")
+    if found != schema:
+        raise BadRecord(f"a {found} record in {'an' if schema[0] in 'aeiou' else 'a'} {schema} file; "
+                        "use one schema per file")
+    return parse_record(record, schema, assistant_turns=assistant_turns)
+
+
 def load_examples(path: str | os.PathLike, *, schema: str = "auto", assistant_turns: str = "all") -> list[Example]:
     """Read a data source (any format of `mint.sources`) into examples, in order.
 
@@ -153,14 +165,8 @@ def load_examples(path: str | os.PathLike, *, schema: str = "auto", assistant_tu
     records, schema = read_with_schema(path, schema=schema, assistant_turns=assistant_turns)
     examples, ignored_tail = [], 0
     for i, record in enumerate(records):
-        found = detect_schema(record)
         try:
-            if found is None:
-                raise BadRecord(f"no schema fits the keys {sorted(record)}; {SCHEMA_HINT}")
-            if found != schema:
-                raise BadRecord(f"a {found} record in {'an' if schema[0] in 'aeiou' else 'a'} {schema} file; "
-                                "use one schema per file")
-            parsed = parse_record(record, schema, assistant_turns=assistant_turns)
+            parsed = parse_in_schema(record, schema, assistant_turns=assistant_turns)
         except BadRecord as e:
             raise MintError(f"{records.where(i)}: {e}; fix or remove this record") from None
         ignored_tail += int(schema == "chat" and record["messages"][-1].get("role") != "assistant")

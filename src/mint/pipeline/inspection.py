@@ -22,19 +22,13 @@ _PERCENTILES = (50, 90, 95, 99)
 
 def _examples(records, schema: str, assistant_turns: str) -> tuple[list, list[str]]:
     """Examples of the records that parse, and `file, line: problem` for those that do not."""
-    from mint.model.data import Example
-    from mint.model.schemas import BadRecord, parse_record
-    from mint.records import SCHEMA_HINT, detect_schema
+    from mint.model.data import Example, parse_in_schema
+    from mint.model.schemas import BadRecord
 
     examples, bad = [], []
     for i, record in enumerate(records):
-        found = detect_schema(record)
         try:
-            if found is None:
-                raise BadRecord(f"no schema fits the keys {sorted(record)}; {SCHEMA_HINT}")
-            if found != schema:
-                raise BadRecord(f"a {found} record in a {schema} file")
-            p = parse_record(record, schema, assistant_turns=assistant_turns)
+            p = parse_in_schema(record, schema, assistant_turns=assistant_turns)
         except BadRecord as e:
             bad.append(f"{records.where(i)}: {e}")
             continue
