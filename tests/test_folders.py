@@ -190,3 +190,17 @@ def test_a_folder_inside_a_folder_being_written_is_refused(held):
     proc.communicate("", timeout=30)
     with FolderLock(inner, "select"):  # the outer writer is gone: the inner folder is free
         assert read_holder(inner)["command"] == "select"
+
+
+def test_a_folder_holding_a_folder_being_written_is_refused(tmp_path):
+    """`mint run` of RUN while another process writes RUN/select (or RUN/eval/base)."""
+    run = tmp_path / "run"
+    for inner in (run / "select", run / "eval" / "base"):
+        proc = _holder(inner)
+        wait_for_holder(inner, proc.pid)
+        with pytest.raises(MintError, match=rf"{run} holds {inner}, which `mint holder` \(pid {proc.pid}"):
+            with FolderLock(run, "run"):
+                pass
+        proc.communicate("", timeout=30)
+    with FolderLock(run, "run"):
+        assert read_holder(run)["command"] == "run"

@@ -154,10 +154,13 @@ class FolderLock:
 
     def _check_enclosing(self, fcntl) -> None:
         """Refuse (or, with `wait`, wait) while another process writes a folder that holds this
-        one, e.g. `mint select --output_dir RUN/select` during a `mint run` of RUN. Only the
-        folders above are checked: a writer below this folder is not seen."""
-        for parent in self.folder.resolve().parents:
-            lock = parent / LOCK_FILE
+        one, e.g. `mint select --output_dir RUN/select` during a `mint run` of RUN, or one inside
+        it, two levels down (a run's step folders, `RUN/eval/base`): `mint run` of RUN while
+        `mint select --output_dir RUN/select` runs."""
+        here = self.folder.resolve()
+        below = sorted(set(here.glob(f"*/{LOCK_FILE}")) | set(here.glob(f"*/*/{LOCK_FILE}")))
+        for lock in [parent / LOCK_FILE for parent in here.parents] + below:
+            parent = lock.parent
             if not lock.is_file():
                 continue
             try:
@@ -169,11 +172,12 @@ class FolderLock:
                     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 except BlockingIOError:
                     holder = describe(read_holder(parent))
+                    where = (f"{self.folder} lies inside {parent}" if parent in here.parents
+                             else f"{self.folder} holds {parent}")
                     if not self.wait:
-                        raise MintError(f"{self.folder} lies inside {parent}, which {holder} is writing; wait for it "
-                                        "to finish, pass --wait to wait for it, or choose a folder outside it") from None
-                    log.info("%s lies inside %s, which %s is writing; waiting for it (--wait)", self.folder, parent,
-                             holder)
+                        raise MintError(f"{where}, which {holder} is writing; wait for it to finish, pass --wait "
+                                        "to wait for it, or choose another folder") from None
+                    log.info("%s, which %s is writing; waiting for it (--wait)", where, holder)
                     fcntl.flock(fd, fcntl.LOCK_SH)
                 fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
