@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m-instruct", help="base model (a folder or the alias)")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "alpaca_gpt4" / "pool.jsonl"))
     p.add_argument("--n", type=int, default=64, help="records (the first n of --data)")
     p.add_argument("--max_length", type=int, default=256)
@@ -61,10 +62,10 @@ def main(argv=None) -> int:
     if not data.exists():
         with open(args.data, encoding="utf-8") as f:
             data.write_text("".join(itertools.islice(f, args.n)), encoding="utf-8")
-    warm = run_warmup("smollm2-135m-instruct", data, work / "warmup", sample_ratio=0.125, epochs=1, batch_size=4,
+    warm = run_warmup(args.model, data, work / "warmup", sample_ratio=0.125, epochs=1, batch_size=4,
                       lr=1e-4, max_length=args.max_length, long_prompts="truncate", device="cpu")
 
-    model, tok = load_model_and_tokenizer("smollm2-135m-instruct", device="cpu")
+    model, tok = load_model_and_tokenizer(args.model, device="cpu")
     model = load_lora(model, warm / "adapter", trainable=True)
     model.eval()
     tokenized = tokenize_examples(load_examples(data), tok, max_length=args.max_length, long_prompts="truncate")

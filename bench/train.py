@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m-instruct", help="base model (a folder or the alias)")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "alpaca_gpt4" / "pool.jsonl"))
     p.add_argument("--n", type=int, default=16, help="records (the first n of --data)")
     p.add_argument("--max_length", type=int, default=256)
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
         out = work / f"bs{bs}x{args.grad_accum}"
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
-        train_lora("smollm2-135m-instruct", data, out, epochs=1, lr=1e-4, batch_size=bs, grad_accum=args.grad_accum, max_length=args.max_length,
+        train_lora(args.model, data, out, epochs=1, lr=1e-4, batch_size=bs, grad_accum=args.grad_accum, max_length=args.max_length,
                    lora=LoraSettings(dropout=0.0), device="cpu", progress=False)
         total = time.perf_counter() - t0
         m = read_train_manifest(out)

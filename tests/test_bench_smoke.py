@@ -27,3 +27,15 @@ def test_selection_benchmark_modes_run(mode, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["n"] == int(mode[mode.index("--n") + 1])
+
+
+@pytest.mark.parametrize("script,extra", [
+    ("train.py", ["--n", "8", "--max_length", "64", "--batch_sizes", "1", "4"]),
+    ("gradients.py", ["--n", "8", "--max_length", "64", "--proj_dim", "64", "--batch_size", "4"]),
+])
+def test_model_benchmarks_run_on_the_tiny_model(script, extra, tiny_model_dir, alpaca_file, tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / script), "--model", str(tiny_model_dir), "--data",
+                             str(alpaca_file), "--work_dir", str(tmp_path / "work"), *extra], capture_output=True,
+                            text=True, timeout=180, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip()
