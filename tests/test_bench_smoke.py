@@ -39,3 +39,13 @@ def test_model_benchmarks_run_on_the_tiny_model(script, extra, tiny_model_dir, a
                             text=True, timeout=180, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip()
+
+
+def test_gpu_check_says_when_there_is_no_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: run bench/gpu_check.py itself")
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py")], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 1 and "no CUDA device" in result.stdout
