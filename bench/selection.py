@@ -96,11 +96,10 @@ def _rss_now_gib() -> float:
 
 
 def _available_bytes() -> int | None:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return None
+    """The limit `mint select` passes: the memory available now."""
+    from mint.pipeline.select_step import available_bytes
+
+    return available_bytes()
 
 
 class _StageTimes(logging.Handler):

@@ -186,3 +186,38 @@ def test_mint_run_on_multi_turn_sharegpt_parquet(tmp_path, tiny_model_dir):
     again = run_pipeline(load_config(None, {**overrides, "data.assistant_turns": "last"}))
     assert {"warmup", "grads", "train_coreset", "eval/base"} <= _ran(again)
     assert first.metrics["coreset"]["n_response_tokens"] > again.metrics["coreset"]["n_response_tokens"]
+
+
+def test_a_rerun_hashes_and_reads_each_data_file_once(run_config, tmp_path, monkeypatch):
+    """Nothing to do, and the data files (which take seconds each at a million records) are
+    hashed once and read once per invocation, whatever number of steps use them."""
+    from pathlib import Path
+
+    import mint.pipeline.steps as steps
+
+    run_pipeline(load_config(run_config))
+    hashed, read = [], []
+    real_sha, real_examples = steps.source_sha256, steps._examples
+    monkeypatch.setattr(steps, "source_sha256", lambda source: hashed.append(Path(source).name) or real_sha(source))
+    monkeypatch.setattr(steps, "_examples", lambda cfg, path: read.append(Path(path).name) or real_examples(cfg, path))
+    again = run_pipeline(load_config(run_config))
+    assert _ran(again) == set()
+    assert sorted(hashed) == ["eval.jsonl", "train.jsonl"]
+    assert sorted(read) == ["eval.jsonl", "train.jsonl"]
+
+
+def test_mint_run_reads_a_save_to_disk_folder(tmp_path, tiny_model_dir):
+    """`data.train` may be a `datasets` folder (not a file): the run checks it exists as mint.sources reads it."""
+    import datasets
+    import torch
+
+    torch.set_num_threads(1)
+    datasets.Dataset.from_list(make_alpaca_records(24)).save_to_disk(str(tmp_path / "train_ds"))
+    overrides = {"output_dir": str(tmp_path / "run"), "threads": 1, "data.train": str(tmp_path / "train_ds"),
+                 "data.max_length": 64, "model.name": str(tiny_model_dir), "model.device": "cpu",
+                 "warmup.sample_ratio": 0.25, "warmup.epochs": 1, "grads.proj_dim": 16, "selection.ratios": [0.25],
+                 "train.epochs": 1, "train.random_baseline": False}
+    result = run_pipeline(load_config(None, overrides))
+    assert result.steps["train_coreset"].outputs["n_train"] == 6
+    with pytest.raises(FileNotFoundError, match="data file not found: .*nowhere_ds \\(config key data.train\\)"):
+        run_pipeline(load_config(None, {**overrides, "data.train": str(tmp_path / "nowhere_ds")}))

@@ -102,10 +102,12 @@ def _recorded_in_summary(folder: Path) -> tuple[int | None, str | None]:
     return (n if isinstance(n, int) else None), (sha if isinstance(sha, str) else None)
 
 
-def check_source(coreset: Coreset, data_path: str | os.PathLike, n_records: int) -> None:
+def check_source(coreset: Coreset, data_path: str | os.PathLike, n_records: int, *,
+                 data_sha256: str | None = None) -> None:
     """Refuse a coreset selected from another data file: its record count or its sha256 (from the
-    file itself, else from its selection folder's summary.json) must match `data_path`. The
-    indices themselves are checked where they are used (`mint.records.check_subset`)."""
+    file itself, else from its selection folder's summary.json) must match `data_path`
+    (`data_sha256`: its fingerprint when the caller has it already). The indices themselves are
+    checked where they are used (`mint.records.check_subset`)."""
     n, sha = coreset.n, coreset.data_sha256
     if n is None or sha is None:
         n_summary, sha_summary = _recorded_in_summary(coreset.path.parent)
@@ -114,7 +116,7 @@ def check_source(coreset: Coreset, data_path: str | os.PathLike, n_records: int)
     if n is not None and n != n_records:
         raise MintError(f"{coreset.path} was selected from {n} records but {data_path} holds {n_records}; "
                         "pass the data file the coreset was selected from")
-    if sha is not None and sha != source_sha256(data_path):
+    if sha is not None and sha != (data_sha256 or source_sha256(data_path)):
         raise MintError(f"{coreset.path} was selected from a different data file (sha256 differs from "
                         f"{data_path}); pass the data file the coreset was selected from")
 

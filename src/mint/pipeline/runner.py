@@ -29,7 +29,7 @@ from typing import Callable
 
 from mint._io import array_problem, atomic_write_json, read_json, sha256_bytes, versions
 from mint._folders import BOOKKEEPING, check_writable, own_entries
-from mint.records import source_sha256
+from mint.records import source_format
 from mint.pipeline.config import RunConfig, save_config
 from mint.errors import MintError
 
@@ -198,15 +198,17 @@ def run_pipeline(cfg: RunConfig, *, overwrite: bool = False, log_file: str | os.
     run_dir = check_writable(cfg.output_dir, "run folder")
     user_files = []
     for key, value in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
-        if value and not Path(value).is_file():
+        # files, save_to_disk folders (FOLDER:split too) and hub ids, as mint.sources reads them
+        fmt = source_format(value) if value else None
+        if value and fmt != "hub" and not (Path(value).is_file() or fmt == "dataset_folder"):
             raise FileNotFoundError(f"data file not found: {value} (config key {key})")
         user_files += [Path(value)] if value else []
-    identity = {"model": cfg.model.name,
-                "train_data": source_sha256(cfg.data.train) if cfg.data.train else f"built-in demo v{DEMO_DATA_VERSION}"}
-    _claim_run_dir(run_dir, identity, overwrite, user_files)
-    save_config(cfg, run_dir / "config.yaml")
     run = Run(run_dir)
     ctx = Context(cfg, run)
+    identity = {"model": cfg.model.name,
+                "train_data": ctx.sha(cfg.data.train) if cfg.data.train else f"built-in demo v{DEMO_DATA_VERSION}"}
+    _claim_run_dir(run_dir, identity, overwrite, user_files)
+    save_config(cfg, run_dir / "config.yaml")
     t_start = time.perf_counter()
     for _name, step in STEPS:
         step(ctx)

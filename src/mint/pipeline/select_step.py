@@ -19,7 +19,7 @@ from mint.selection import alpha as alpha_mod
 from mint.selection.core import SelectionResult, select_coreset
 from mint.selection.validation import check_ratios, check_settings
 
-__all__ = ["run_selection", "load_feature_dir", "summary_text"]
+__all__ = ["run_selection", "load_feature_dir", "summary_text", "available_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class PartFolder:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _available_bytes() -> int | None:
+def available_bytes() -> int | None:
     """MemAvailable from /proc/meminfo, the default limit of `mint select` (None where unreadable)."""
     try:
         with open("/proc/meminfo") as f:
@@ -239,7 +239,7 @@ def run_selection(
         atomic_write_json(out / "run.json", {"run_key": run_key, "settings": settings, "inputs": inputs,
                                              "data": data_prov})
     barrier(dist)
-    limit = int(max_memory_gb * (1 << 30)) if max_memory_gb is not None else _available_bytes()
+    limit = int(max_memory_gb * (1 << 30)) if max_memory_gb is not None else available_bytes()
     res = select_coreset(
         features, ratios=ratio_list, method=method, alpha=alpha, alpha_method=alpha_method, coef=coef,
         preheat_ratio=preheat_ratio, seed=seed, dtype=dtype, n_jobs=n_jobs, plateau_min_alpha=plateau_min_alpha,

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from mint._io import read_json, sha256_bytes
 from mint.errors import MintError
-from mint.records import source_sha256
+from mint.records import source_format, source_sha256
 from mint.pipeline.config import RunConfig
 
 __all__ = ["STEPS", "DEMO_DATA_VERSION", "render_options", "render_key", "warmup_call", "grads_call",
@@ -41,17 +41,21 @@ def render_options(cfg: RunConfig) -> dict[str, Any]:
             "assistant_turns": d.assistant_turns}
 
 
-def render_key(cfg: RunConfig, data_path: Path) -> dict[str, Any]:
-    """`render_options` as part of a step's key: ``assistant_turns`` only when the data has an
-    earlier assistant turn, where it changes the token ids (single-turn data keeps the step keys
-    of earlier versions, as `mint.model.data.token_settings` keeps its fingerprints)."""
-    from mint.model.data import load_examples
-
+def render_key(cfg: RunConfig, examples) -> dict[str, Any]:
+    """`render_options` as part of a step's key: ``assistant_turns`` only when the data (its
+    loaded `examples`) has an earlier assistant turn, where it changes the token ids (single-turn
+    data keeps the step keys of earlier versions, as `mint.model.data.token_settings` keeps its
+    fingerprints)."""
     options = render_options(cfg)
-    examples = load_examples(data_path, schema=cfg.data.schema, assistant_turns=cfg.data.assistant_turns)
     if not any(ex.learned for ex in examples):
         del options["assistant_turns"]
     return options
+
+
+def _examples(cfg: RunConfig, data_path: Path):
+    from mint.model.data import load_examples
+
+    return load_examples(data_path, schema=cfg.data.schema, assistant_turns=cfg.data.assistant_turns)
 
 
 def warmup_call(cfg: RunConfig, train_path: Path, folder: Path, **options: Any) -> Path:
@@ -122,6 +126,14 @@ class Context:
     coreset: dict = field(default_factory=dict)  # ratio, k, indices, weights of the trained coreset
     trained: dict = field(default_factory=dict)  # model label -> StepInfo of its training step
     metrics: dict = field(default_factory=dict)  # model label -> metrics.json contents
+    hashes: dict = field(default_factory=dict)  # source -> its fingerprint, computed once per run
+
+    def sha(self, source) -> str:
+        """`source_sha256` of a data source, once per run (a 1M-record file takes seconds to hash)."""
+        key = str(source) if source_format(source) == "hub" else str(Path(source).resolve())
+        if key not in self.hashes:
+            self.hashes[key] = source_sha256(source)
+        return self.hashes[key]
 
 
 def data(ctx: Context) -> None:
@@ -142,19 +154,18 @@ def data(ctx: Context) -> None:
     if cfg.data.train is None:
         inputs = {"demo": DEMO_DATA_VERSION, "n_train": cfg.data.demo_examples, "n_eval": cfg.data.demo_eval_examples}
     else:
-        inputs = {"train": str(cfg.data.train), "train_sha256": source_sha256(cfg.data.train),
-                  "eval": str(cfg.data.eval), "eval_sha256": source_sha256(cfg.data.eval) if cfg.data.eval else None}
+        inputs = {"train": str(cfg.data.train), "train_sha256": ctx.sha(cfg.data.train),
+                  "eval": str(cfg.data.eval), "eval_sha256": ctx.sha(cfg.data.eval) if cfg.data.eval else None}
     info = ctx.run.step("data", inputs, do)
     where = ctx.run.abs if info.outputs["builtin"] else Path
     ctx.train_path = where(info.outputs["train"])
     ctx.eval_path = where(info.outputs["eval"]) if info.outputs.get("eval") else None
-    from mint.records import read_records
-
-    ctx.n_records = len(read_records(ctx.train_path))
+    examples = _examples(cfg, ctx.train_path)  # read once: the record count and the rendering key
+    ctx.n_records = len(examples)
     _check_sizes(cfg, ctx.n_records, ctx.train_path)
     # the training file's own hash, not the data step's key: a new held-out file redoes only the evaluations
-    ctx.common = {"model": cfg.model.name, "train_sha256": source_sha256(ctx.train_path),
-                  "render": render_key(cfg, ctx.train_path), "seed": cfg.seed}
+    ctx.common = {"model": cfg.model.name, "train_sha256": ctx.sha(ctx.train_path),
+                  "render": render_key(cfg, examples), "seed": cfg.seed}
 
 
 def _absolute(source: str) -> str:
@@ -244,7 +255,7 @@ def _trained_coreset(ctx: Context) -> dict:
     if not match:
         raise MintError(f"no coreset for train.ratio {ratio} in {ctx.select_dir}; it has {sorted(found)}")
     coreset = load_coreset(found[match[0]])
-    check_source(coreset, ctx.train_path, ctx.n_records)
+    check_source(coreset, ctx.train_path, ctx.n_records, data_sha256=ctx.sha(ctx.train_path))
     return {"ratio": ratio, "k": len(coreset.indices), "indices": coreset.indices, "weights": coreset.weights}
 
 
@@ -290,7 +301,8 @@ def evaluate(ctx: Context) -> None:
         log.warning("no held-out file (data.eval): evaluation skipped")
         return
     e = cfg.eval
-    inputs = {"model": cfg.model.name, "eval_data": source_sha256(ctx.eval_path), "render": render_key(cfg, ctx.eval_path),
+    inputs = {"model": cfg.model.name, "eval_data": ctx.sha(ctx.eval_path),
+              "render": render_key(cfg, _examples(cfg, ctx.eval_path)),
               "eval": {k: v for k, v in asdict(e).items() if k != "base"}, "device": cfg.model.device,
               "dtype": cfg.model.dtype}
     loaded: list[Any] = []  # the base model, loaded once for every evaluation that runs
