@@ -1,20 +1,35 @@
-"""Benchmark: does MINT select better subsets than the baselines, and which automatic-alpha
-detector (plateau, plateau_scaled, golden) selects better ones? Real data, real model.
+"""Evidence benchmark: does a MINT coreset train a better model than the alternatives on real data?
 
-One pipeline on a seeded sample of a pool (default: ni_mix, 48 skewed tasks) with
-SmolLM2-135M-Instruct: warm-up LoRA (5%), gradient features, then for one ratio the subsets of
-mint (alpha by plateau / plateau_scaled / golden), craig, pt, ifl and random (several seeds).
-Each subset trains a LoRA adapter with the same settings (coreset weights in the loss; random
-subsets with unit weights), and the base model and every adapter are evaluated on a held-out
-file (response-token SFT loss: mean over examples and macro average over tasks). Per-task
-coverage of each subset is reported too (the `task` field is removed from the file the
-pipeline reads, so selection cannot see it; it is used only for coverage and evaluation).
+One pipeline per data set with SmolLM2-135M-Instruct (LoRA): warm-up on a seeded 5% sample,
+gradient features of the whole pool (SFT and PT views, one pass for every projection size), then,
+at every ratio, the subsets of each arm (below), a LoRA adapter trained on each (coreset weights
+in the loss unless the arm says otherwise), and every adapter scored on the whole held-out file.
 
-Every stage reuses its outputs when they match (warm-up, features and trainings skip through
-their manifests, evaluations through the adapter hash), so re-running after a crash is cheap.
+Arms (at every ratio unless said): ``mint/<rule>`` for each automatic-alpha rule; ``craig`` (SFT
+features, cluster-size weights) and ``craig/unweighted``; ``pt`` and ``ifl`` (one view only);
+``random`` (several seeds, unit weights); ``stratified`` (random within each task in proportion to
+its size; it reads the task labels that every other arm is denied, so it is a stronger baseline
+than any method may be; ni_mix only); and, at the decision ratio only, the default MINT rule
+trained with ``weighting: sampling`` and ``none`` and selected on the other projection size.
+``full`` trains on every record (``--full_epochs``, stated in the table). MINT's default rule and
+the full data are trained with several seeds.
 
-    .venv/bin/python bench/quality.py --n 40 --dev_per_task 1 --epochs 1 --random_seeds 0 1 --tag smoke --check_base  # smoke
-    .venv/bin/python bench/quality.py --random_seeds 0 1 2 3 4 5 --extra_train_seeds 1 2     # the recorded run
+Statistics (``analyse``): per held-out record, each arm's loss minus the mean over the random
+seeds (the arm's own training seeds averaged first); the mean, the macro average over tasks, the
+token-weighted loss, exact match of greedy answers on the short-answer records, and the fraction
+of the random -> full gap closed, each with a 95% percentile bootstrap interval over held-out
+records (stratified by task when there are tasks). These intervals measure the held-out sample;
+training-seed noise is shown beside them as the spread of the random seeds.
+
+Every stage resumes: warm-up and features through their manifests, and each trained-and-scored
+arm through its small result file under ``bench/results/quality/<tag>/runs`` (kept in git, so a
+later sitting, even on a fresh clone, only computes what is missing). ``--budget_minutes`` stops
+starting new trainings after that long and analyses what exists; the jobs run in order of
+importance (random seeds, the default MINT rule and the full data first).
+
+    .venv/bin/python bench/quality.py --dataset ni_mix                 # the recorded run (hours on a 2-core CPU)
+    .venv/bin/python bench/quality.py --dataset alpaca_gpt4
+    .venv/bin/python bench/quality.py --smoke --model DIR --pool P --dev D   # seconds, run by the test suite
 """
 from __future__ import annotations
 
@@ -22,6 +37,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import statistics
 import time
@@ -29,9 +45,16 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-NI_MIX = REPO.parent / "shared" / "data" / "ni_mix"
+DATA = REPO.parent / "shared" / "data"
 MODEL = "smollm2-135m-instruct"
 log = logging.getLogger("bench.quality")
+
+# What each data set needs: max_length keeps >= 95% of records whole (checked and reported).
+DATASETS = {
+    "ni_mix": {"pool": DATA / "ni_mix" / "pool.jsonl", "dev": DATA / "ni_mix" / "dev_eval.jsonl", "max_length": 512},
+    "alpaca_gpt4": {"pool": DATA / "alpaca_gpt4" / "pool.jsonl", "dev": DATA / "alpaca_gpt4" / "dev_eval.jsonl",
+                    "max_length": 768},
+}
 
 
 def _sha(obj) -> str:
@@ -39,7 +62,7 @@ def _sha(obj) -> str:
 
 
 def _write_if_changed(path: Path, text: str) -> None:
-    """Keep the file (and its mtime/fingerprint) when the content is already there."""
+    """Keep the file (and its fingerprint) when the content is already there."""
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
     from mint._io import atomic_write_text
@@ -47,277 +70,538 @@ def _write_if_changed(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
-def prepare_data(args, work: Path) -> tuple[Path, Path, list[str]]:
-    """A seeded sample of the pool (without `task`), its task list (sidecar), and a seeded
-    per-task sample of the held-out file (with `task`, for the per-task breakdown)."""
-    import numpy as np
+# ---------------------------------------------------------------------------------------------
+# Data
 
+
+def prepare_data(args, work: Path) -> dict:
+    """The pool without its `task` field (what selection and training read), the task list (a
+    sidecar for coverage and the stratified arm), and the held-out file (with `task`)."""
     from mint.records import read_records
 
-    pool = read_records(args.pool)
-    rng = np.random.default_rng(args.seed)
-    n = min(args.n, len(pool))
-    idx = np.sort(rng.choice(len(pool), size=n, replace=False))
-    tasks = [str(pool[i].get("task")) for i in idx]
-    lines = [json.dumps({k: v for k, v in pool[i].items() if k != "task"}, ensure_ascii=False) for i in idx]
+    pool = read_records(args.pool)[: args.n] if args.n else read_records(args.pool)
+    tasks = [None if r.get("task") is None else str(r["task"]) for r in pool]
     train_path = work / "train.jsonl"
-    _write_if_changed(train_path, "\n".join(lines) + "\n")
-    _write_if_changed(work / "train_tasks.json", json.dumps({"pool": str(args.pool), "source_index": idx.tolist(),
-                                                             "task": tasks}))
-    dev = read_records(args.dev)
-    by_task: dict[str, list[int]] = {}
-    for i, r in enumerate(dev):
-        by_task.setdefault(str(r.get("task")), []).append(i)
-    drng = np.random.default_rng(args.seed + 1)
-    chosen = sorted(int(j) for t in sorted(by_task) for j in
-                    drng.choice(by_task[t], size=min(args.dev_per_task, len(by_task[t])), replace=False))
+    _write_if_changed(train_path, "".join(json.dumps({k: v for k, v in r.items() if k != "task"}, ensure_ascii=False)
+                                          + "\n" for r in pool))
+    dev = read_records(args.dev)[: args.n_dev] if args.n_dev else read_records(args.dev)
     dev_path = work / "dev.jsonl"
-    _write_if_changed(dev_path, "\n".join(json.dumps(dev[j], ensure_ascii=False) for j in chosen) + "\n")
-    log.info("data: %d of %d pool records (%d tasks present), %d held-out records (%d per task)",
-             n, len(pool), len(set(tasks)), len(chosen), args.dev_per_task)
-    return train_path, dev_path, tasks
+    _write_if_changed(dev_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in dev))
+    has_tasks = all(t is not None for t in tasks)
+    log.info("data: %d pool records (%s), %d held-out records", len(pool),
+             f"{len(set(tasks))} tasks" if has_tasks else "no task labels", len(dev))
+    return {"train": train_path, "dev": dev_path, "tasks": tasks if has_tasks else None,
+            "dev_tasks": [r.get("task") for r in dev]}
 
 
-def coverage(tasks: list[str], indices, weights) -> dict:
-    """How many tasks the subset touches, how many of the rare ones (the half of the tasks
-    present in the pool sample with the fewest examples), and the total-variation distance
-    between the subset's weighted task mix and the pool sample's."""
-    pool_count = Counter(tasks)
-    present = sorted(pool_count, key=lambda t: (pool_count[t], t))
-    rare = set(present[: len(present) // 2])
-    sub = [tasks[i] for i in indices]
-    covered = set(sub)
-    wmix: Counter = Counter()
-    for i, w in zip(indices, weights):
-        wmix[tasks[i]] += float(w)
-    total_w, n = sum(wmix.values()), len(tasks)
-    tv = 0.5 * sum(abs(wmix[t] / total_w - pool_count[t] / n) for t in pool_count)
-    return {"tasks_covered": len(covered), "tasks_present": len(present), "rare_covered": len(covered & rare),
-            "rare_tasks": len(rare), "tv_weighted_mix": round(tv, 4)}
+def truncation(path: Path, tokenizer, max_length: int) -> dict:
+    """How many records fit whole in max_length (the issue asks >= 95%)."""
+    from mint.model.data import load_examples, tokenize_examples
+
+    tok = tokenize_examples(load_examples(path), tokenizer, max_length=max_length, long_prompts="truncate")
+    cut = sum(t.truncated for t in tok)
+    return {"records": len(tok), "truncated": cut, "whole_fraction": round(1 - cut / len(tok), 4)}
 
 
-def select_all(args, features, n: int) -> list[dict]:
-    """The subsets to compare, in table order (each: label, method, indices, weights, alpha, errors)."""
+# ---------------------------------------------------------------------------------------------
+# Arms
+
+
+def stratified(tasks: list[str], k: int, seed: int):
+    """k records drawn at random within each task, in proportion to its size (largest remainders,
+    ties to the larger task then the name): the label-aware baseline."""
+    import numpy as np
+
+    count = Counter(tasks)
+    names = sorted(count)
+    quota = {t: k * count[t] / len(tasks) for t in names}
+    seats = {t: int(math.floor(quota[t])) for t in names}
+    rest = sorted(names, key=lambda t: (-(quota[t] - seats[t]), -count[t], t))
+    for t in rest[: k - sum(seats.values())]:
+        seats[t] += 1
+    rng = np.random.default_rng(seed)
+    by_task: dict[str, list[int]] = {}
+    for i, t in enumerate(tasks):
+        by_task.setdefault(t, []).append(i)
+    picked = [int(i) for t in names for i in rng.choice(by_task[t], size=seats[t], replace=False)]
+    return np.sort(np.asarray(picked, dtype=np.int64))
+
+
+def select_all(args, features: dict, tasks, n: int) -> list[dict]:
+    """Every selected subset: {label, method, ratio, alpha, indices, weights, e_pt, e_ifl}."""
     import numpy as np
 
     from mint import select_coreset
 
-    specs = [("mint/" + am, dict(method="mint", alpha_method=am)) for am in args.alpha_methods]
-    specs += [(m, dict(method=m)) for m in args.baselines]
-    specs += [(f"random/seed{s}", dict(method="random", seed=s)) for s in args.random_seeds]
-    out = []
-    for label, kw in specs:
+    out: list[dict] = []
+
+    def add(label, ratio, res_sub, method, alpha=None, unit=False, extra=None):
+        idx = np.asarray(res_sub.indices, dtype=np.int64)
+        w = np.ones(idx.size) if unit else np.asarray(res_sub.weights, dtype=np.float64)
+        out.append({"label": label, "method": method, "ratio": ratio, "alpha": alpha, "indices": idx.tolist(),
+                    "weights": w.tolist(), "e_pt": res_sub.e_pt, "e_ifl": res_sub.e_ifl, **(extra or {})})
+
+    def run(method, dim, **kw):
         t0 = time.perf_counter()
-        kw.setdefault("seed", args.seed)
-        res = select_coreset(features, ratios=[args.ratio], preheat_ratio=args.preheat_ratio, n_jobs=1,
-                             progress=False, **kw)
-        sub = res.subsets[args.ratio]
-        idx, w = np.asarray(sub.indices), np.asarray(sub.weights, dtype=np.float64)
-        if kw["method"] == "random":
-            w = np.ones(idx.size)  # unit weights, as the random baseline of `mint run`
-        zero = int((w <= 0).sum())
-        if zero:
-            # a selected element nobody is nearest to (a duplicate) stands for no one: leave it out of training
-            log.warning("%s: %d selected examples have weight 0; they are left out of training", label, zero)
-            idx, w = idx[w > 0], w[w > 0]
-        out.append({"label": label, "method": kw["method"], "alpha": res.alpha, "indices": idx, "weights": w,
-                    "zero_weight": zero, "e_pt": sub.e_pt, "e_ifl": sub.e_ifl,
-                    "alpha_reason": getattr(res.curve, "reason", None) if res.curve is not None else None,
-                    "select_s": round(time.perf_counter() - t0, 2)})
-        log.info("select %-22s k=%d alpha=%s (%.1f s)", label, idx.size,
-                 None if res.alpha is None else round(res.alpha, 4), out[-1]["select_s"])
+        res = select_coreset(features[dim], ratios=args.ratios, method=method, preheat_ratio=args.preheat_ratio,
+                             n_jobs=1, progress=False, seed=kw.pop("seed", args.seed), **kw)
+        log.info("select %-8s %s dim %d: alpha %s (%.1f s)", method, kw, dim,
+                 None if res.alpha is None else round(res.alpha, 4), time.perf_counter() - t0)
+        return res
+
+    dim = args.proj_dims[0]
+    for rule in args.alpha_methods:
+        res = run("mint", dim, alpha_method=rule)
+        for r in args.ratios:
+            add(f"mint/{rule}", r, res.subsets[r], "mint", res.alpha)
+    res = run("craig", dim)
+    for r in args.ratios:
+        add("craig", r, res.subsets[r], "craig")
+        add("craig/unweighted", r, res.subsets[r], "craig", unit=True)
+    for m in ("pt", "ifl"):
+        res = run(m, dim)
+        for r in args.ratios:
+            add(m, r, res.subsets[r], m)
+    for s in args.random_seeds:
+        res = run("random", dim, seed=s)
+        for r in args.ratios:
+            add("random", r, res.subsets[r], "random", unit=True, extra={"seed": s})
+    if tasks is not None:
+        for s in args.stratified_seeds:
+            for r in args.ratios:
+                k = next(len(a["indices"]) for a in out if a["label"] == "random" and a["ratio"] == r)
+                idx = stratified(tasks, k, s)
+                out.append({"label": "stratified", "method": "stratified", "ratio": r, "alpha": None,
+                            "indices": idx.tolist(), "weights": [1.0] * idx.size, "e_pt": None, "e_ifl": None,
+                            "seed": s})
+    for other in args.proj_dims[1:]:
+        res = run("mint", other, alpha_method=args.alpha_methods[0])
+        add(f"mint/{args.alpha_methods[0]}/proj{other}", args.decision_ratio, res.subsets[args.decision_ratio],
+            "mint", res.alpha)
     return out
 
 
-def main(argv=None) -> int:
+def jobs(args, subsets: list[dict], n: int) -> list[dict]:
+    """What to train, most informative first: each {name, subset (or None = full), weighting, seed, epochs}."""
+    default = f"mint/{args.alpha_methods[0]}"
+    by = {(s["label"], s["ratio"], s.get("seed")): s for s in subsets}
+    out: list[dict] = []
+
+    def job(label, ratio, subset, *, weighting="loss", seed=args.seed, epochs=args.epochs):
+        out.append({"label": label, "ratio": ratio, "subset": subset, "weighting": weighting, "seed": seed,
+                    "epochs": epochs})
+
+    for ratio in sorted(args.ratios, key=lambda r: (r != args.decision_ratio, r)):
+        rs = args.random_seeds
+        for s in rs[:4]:
+            job("random", ratio, by[("random", ratio, s)], weighting="none")
+        job(default, ratio, by[(default, ratio, None)])
+        if ratio == args.decision_ratio:
+            for seed in args.full_seeds[:1]:
+                job("full", 1.0, None, weighting="none", seed=seed, epochs=args.full_epochs)
+        for label in ("pt", "ifl", "craig", "craig/unweighted") + tuple(f"mint/{m}" for m in args.alpha_methods[1:]):
+            job(label, ratio, by[(label, ratio, None)], weighting="none" if label.endswith("unweighted") else "loss")
+        for s in args.stratified_seeds:
+            if ("stratified", ratio, s) in by:
+                job("stratified", ratio, by[("stratified", ratio, s)], weighting="none")
+        for s in rs[4:]:
+            job("random", ratio, by[("random", ratio, s)], weighting="none")
+        for seed in args.mint_train_seeds[1:]:
+            job(default, ratio, by[(default, ratio, None)], seed=seed)
+        if ratio == args.decision_ratio:
+            for w in ("sampling", "none"):
+                job(f"{default}/weighting-{w}", ratio, by[(default, ratio, None)], weighting=w)
+            for other in args.proj_dims[1:]:
+                job(f"{default}/proj{other}", ratio, by[(f"{default}/proj{other}", ratio, None)])
+    for seed in args.full_seeds[1:]:
+        job("full", 1.0, None, weighting="none", seed=seed, epochs=args.full_epochs)
+    for j in out:  # arms that picked the same subset train once (train_key) but keep their own rows (key)
+        sub = j["subset"]
+        j["train_key"] = _sha({"indices": None if sub is None else sub["indices"], "weights": None if sub is None
+                               else sub["weights"], "weighting": j["weighting"], "seed": j["seed"],
+                               "epochs": j["epochs"], "train": train_settings(args)})[:16]
+        j["key"] = _sha({"label": j["label"], "ratio": j["ratio"], "train_key": j["train_key"]})[:16]
+    return out
+
+
+def train_settings(args) -> dict:
+    return {"lr": args.lr, "batch_size": args.batch_size, "grad_accum": args.grad_accum, "lora_r": args.lora_r,
+            "max_length": args.max_length}
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+
+
+def analyse(runs: list[dict], base: dict, dev_tasks: list, *, n_boot: int, seed: int) -> dict:
+    """Per (label, ratio): the paired differences against the random mean, with bootstrap intervals."""
+    import numpy as np
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["label"], r["ratio"]), []).append(r)
+    m = len(base["sft"])
+    tokens = np.asarray(base["tokens"], dtype=np.float64)
+    tasks = [str(t) for t in dev_tasks] if all(t is not None for t in dev_tasks) else None
+    rng = np.random.default_rng(seed)
+    if tasks is not None:  # resample records within each task, so every resample has every task
+        by_task: dict[str, np.ndarray] = {}
+        for i, t in enumerate(tasks):
+            by_task.setdefault(t, []).append(i)  # type: ignore[arg-type]
+        names = sorted(by_task)
+        task_of = np.asarray([names.index(t) for t in tasks])
+        boots = np.stack([np.concatenate([rng.choice(by_task[t], size=len(by_task[t])) for t in names])
+                          for _ in range(n_boot)])
+    else:
+        names, task_of = [], None
+        boots = rng.integers(0, m, size=(n_boot, m))
+
+    def mean_loss(rs):
+        return np.mean([r["sft"] for r in rs], axis=0)
+
+    def em(rs):
+        arr = np.asarray([[np.nan if v is None else v for v in r["exact_match"]] for r in rs], dtype=np.float64)
+        return np.mean(arr, axis=0)
+
+    def stats(vec, sample):  # the four summaries of a per-record vector on a resample (rows of indices)
+        v = vec[sample]
+        out = {"mean": v.mean(axis=-1), "token": (v * tokens[sample]).sum(axis=-1) / tokens[sample].sum(axis=-1)}
+        if task_of is not None:
+            t = task_of[sample]
+            out["macro"] = np.stack([np.where(t == j, v, 0).sum(axis=-1) / (t == j).sum(axis=-1)
+                                     for j in range(len(names))]).mean(axis=0)
+        return out
+
+    def interval(point, draws):
+        lo, hi = np.percentile(draws, [2.5, 97.5])
+        return {"value": float(point), "lo": float(lo), "hi": float(hi)}
+
+    full = groups.get(("full", 1.0))
+    full_loss = mean_loss(full) if full else None
+    table = {}
+    ident = np.arange(m)
+    for ratio in sorted({k[1] for k in groups if k[0] == "random"}):
+        rand = groups[("random", ratio)]
+        rmean = mean_loss(rand)
+        rem = em(rand)
+        seed_means = [float(np.mean(r["sft"])) for r in rand]
+        for (label, r2), rs in sorted(groups.items()):
+            if r2 != ratio:
+                continue
+            a = mean_loss(rs)
+            d = a - rmean
+            row = {"label": label, "ratio": ratio, "runs": len(rs), "k": rs[0].get("k"),
+                   "train_seeds": sorted(r["seed"] for r in rs), "sft_loss": float(a.mean()),
+                   "seed_sd": float(statistics.stdev([float(np.mean(r["sft"])) for r in rs])) if len(rs) > 1 else None}
+            point, draws = stats(d, ident), stats(d, boots)
+            for key in point:
+                row[f"delta_{key}"] = interval(point[key], draws[key])
+            e = em(rs) - rem
+            ok = ~np.isnan(e)
+            if ok.any():
+                row["exact_match"] = float(np.nanmean(em(rs)))
+                eb = np.where(ok[boots], e[boots], 0).sum(axis=1) / np.maximum(ok[boots].sum(axis=1), 1)
+                row["delta_exact_match"] = interval(e[ok].mean(), eb)
+            if full_loss is not None:
+                gap = (rmean - full_loss)
+                num, den = (rmean - a)[boots].mean(axis=1), gap[boots].mean(axis=1)
+                row["gap_closed"] = interval((rmean - a).mean() / gap.mean(), num / den)
+            for key in ("alpha", "e_pt", "e_ifl", "coverage"):
+                row[key] = rs[0].get(key)
+            table[f"{label}@{ratio}"] = row
+        table[f"random@{ratio}"]["random_seed_means"] = seed_means
+    if full:
+        table["full@1.0"] = {"label": "full", "ratio": 1.0, "runs": len(full), "sft_loss": float(full_loss.mean()),
+                             "train_seeds": sorted(r["seed"] for r in full), "epochs": full[0]["epochs"],
+                             "seed_sd": float(statistics.stdev([float(np.mean(r["sft"])) for r in full]))
+                             if len(full) > 1 else None}
+    return {"rows": table, "base_sft_loss": float(np.mean(base["sft"])), "n_dev": m, "n_boot": n_boot,
+            "tasks": len(names) if names else None}
+
+
+def coverage(tasks, indices) -> dict | None:
+    if tasks is None:
+        return None
+    pool, sub = Counter(tasks), Counter(tasks[i] for i in indices)
+    rare = set(sorted(pool, key=lambda t: (pool[t], t))[: len(pool) // 2])
+    return {"tasks": len(sub), "of": len(pool), "rare": len(set(sub) & rare), "rare_of": len(rare)}
+
+
+def markdown(result: dict) -> str:
+    def ci(x, nd=3, pct=False):
+        if not x:
+            return ""
+        f = (lambda v: f"{100 * v:.{max(nd - 2, 0)}f}%") if pct else (lambda v: f"{v:+.{nd}f}")
+        return f"{f(x['value'])} [{f(x['lo'])}, {f(x['hi'])}]"
+
+    a = result["analysis"]
+    lines = [f"base model (no training): held-out SFT loss {a['base_sft_loss']:.3f} on {a['n_dev']} records; "
+             f"intervals: 95% bootstrap over held-out records ({a['n_boot']} resamples"
+             + (", within each task)" if a["tasks"] else ")") + "; negative = better than random",
+             "",
+             "| ratio | arm | runs | k | held-out SFT loss | vs random: mean | macro over tasks | token-weighted | "
+             "exact match (vs random) | random->full gap closed | tasks (rare) covered |",
+             "|---:|---|---:|---:|---:|---|---|---|---|---|---|"]
+    for row in sorted(a["rows"].values(), key=lambda r: (r["ratio"], r["label"] != "random", r["sft_loss"])):
+        if row["label"] == "full":
+            lines.append(f"| 1.0 | full data ({row['epochs']:g} epoch) | {row['runs']} | all | {row['sft_loss']:.3f}"
+                         + (f" ± {row['seed_sd']:.3f}" if row.get("seed_sd") else "") + " | | | | | | |")
+            continue
+        cov = row.get("coverage")
+        sd = f" ± {row['seed_sd']:.3f}" if row.get("seed_sd") else ""
+        emx = (f"{row['exact_match']:.3f} ({ci(row.get('delta_exact_match'))})" if "exact_match" in row else "")
+        lines.append(f"| {row['ratio']:g} | {row['label']} | {row['runs']} | {row.get('k') or ''} | "
+                     f"{row['sft_loss']:.3f}{sd} | {ci(row.get('delta_mean'))} | {ci(row.get('delta_macro'))} | "
+                     f"{ci(row.get('delta_token'))} | {emx} | {ci(row.get('gap_closed'), pct=True)} | "
+                     + (f"{cov['tasks']}/{cov['of']} ({cov['rare']}/{cov['rare_of']})" if cov else "") + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["analysis"]["rows"].values() if r["label"] != "full"]
+    labels = sorted({r["label"] for r in rows})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for j, label in enumerate(labels):
+        rs = sorted((r for r in rows if r["label"] == label), key=lambda r: r["ratio"])
+        x = [r["ratio"] * (1 + 0.012 * (j - len(labels) / 2)) for r in rs]  # a small offset per arm
+        ax1.plot(x, [r["sft_loss"] for r in rs], marker="o", label=label)
+        d = [r["delta_mean"] for r in rs]
+        ax2.errorbar(x, [v["value"] for v in d], yerr=[[v["value"] - v["lo"] for v in d], [v["hi"] - v["value"]
+                     for v in d]], marker="o", capsize=3, label=label)
+    full = result["analysis"]["rows"].get("full@1.0")
+    if full:
+        ax1.axhline(full["sft_loss"], color="k", ls="--", lw=1, label="full data")
+    ax2.axhline(0, color="grey", lw=1)
+    ax1.set(xlabel="ratio", ylabel="held-out SFT loss", title=result["dataset"])
+    ax2.set(xlabel="ratio", ylabel="loss minus random mean (95% CI)", title="paired difference against random")
+    ax1.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pool", default=str(NI_MIX / "pool.jsonl"))
-    p.add_argument("--dev", default=str(NI_MIX / "dev_eval.jsonl"))
-    p.add_argument("--n", type=int, default=300, help="pool records (seeded sample)")
-    p.add_argument("--dev_per_task", type=int, default=1, help="held-out records per task (seeded sample)")
-    p.add_argument("--max_length", type=int, default=128)
-    p.add_argument("--proj_dim", type=int, default=1024)
-    p.add_argument("--ratio", type=float, default=0.1)
-    p.add_argument("--alpha_methods", nargs="+", default=["plateau", "plateau_scaled", "golden"])
-    p.add_argument("--baselines", nargs="+", default=["craig", "pt", "ifl"])
-    p.add_argument("--random_seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--extra_train_seeds", type=int, nargs="*", default=[],
-                   help="train the first subset again with these seeds (the training-noise floor)")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="ni_mix")
+    p.add_argument("--pool", help="default: the data set's pool.jsonl")
+    p.add_argument("--dev", help="default: the data set's dev_eval.jsonl")
+    p.add_argument("--model", default=MODEL)
+    p.add_argument("--n", type=int, default=0, help="only the first N pool records (0 = all)")
+    p.add_argument("--n_dev", type=int, default=0, help="only the first N held-out records (0 = all)")
+    p.add_argument("--max_length", type=int, help="default: the data set's (>= 95%% of records whole)")
+    p.add_argument("--proj_dims", type=int, nargs="+", default=[1024, 8192],
+                   help="the first for every arm; the others for one MINT arm at the decision ratio")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1])
+    p.add_argument("--decision_ratio", type=float, default=0.1)
+    p.add_argument("--alpha_methods", nargs="+", default=["plateau", "plateau_scaled", "golden"],
+                   help="the first is the default rule (trained with several seeds and weightings)")
+    p.add_argument("--random_seeds", type=int, nargs="+", default=list(range(8)))
+    p.add_argument("--stratified_seeds", type=int, nargs="*", default=[0, 1, 2])
+    p.add_argument("--mint_train_seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--full_seeds", type=int, nargs="*", default=[0, 1, 2])
+    p.add_argument("--full_epochs", type=float, default=1.0)
     p.add_argument("--preheat_ratio", type=float, default=0.3)
     p.add_argument("--warmup_ratio", type=float, default=0.05)
     p.add_argument("--warmup_epochs", type=float, default=2.0)
     p.add_argument("--warmup_lr", type=float, default=1e-3)
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch_size", type=int, default=2, help="examples per forward pass (small: less padding on CPU)")
-    p.add_argument("--grad_accum", type=int, default=4)
+    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--grad_accum", type=int, default=2)
     p.add_argument("--lora_r", type=int, default=8)
+    p.add_argument("--generate", action=argparse.BooleanOptionalAction, default=True,
+                   help="greedy answers for exact match on short-answer records")
+    p.add_argument("--max_new_tokens", type=int, default=16)
+    p.add_argument("--n_boot", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared 2-core machine)")
-    p.add_argument("--check_base", action="store_true",
-                   help="evaluate the base model again after the adapters (checks that they were removed)")
-    p.add_argument("--tag", default="ni_mix", help="names the work folder and the result files")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--budget_minutes", type=float, default=0, help="start no training after this long (0 = none)")
+    p.add_argument("--only_analyse", action="store_true", help="no computing: the table from the stored runs")
+    p.add_argument("--smoke", action="store_true", help="a few records, few arms, one epoch: seconds on a tiny model")
+    p.add_argument("--tag", help="names the work and result folders (default: the data set)")
     p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_quality"))
-    p.add_argument("--results_dir", default=str(REPO / "bench" / "results"))
+    p.add_argument("--results_dir", default=str(REPO / "bench" / "results" / "quality"))
     args = p.parse_args(argv)
+    preset = DATASETS[args.dataset]
+    args.pool = Path(args.pool or preset["pool"])
+    args.dev = Path(args.dev or preset["dev"])
+    args.max_length = args.max_length or preset["max_length"]
+    if args.smoke:
+        args.n = args.n or 40
+        args.n_dev = args.n_dev or 12
+        args.proj_dims, args.ratios, args.decision_ratio = [32, 16], [0.1, 0.2], 0.2
+        args.alpha_methods, args.random_seeds, args.stratified_seeds = ["plateau", "golden"], [0, 1], [0]
+        args.mint_train_seeds, args.full_seeds, args.full_epochs = [0, 1], [0], 0.5
+        args.epochs, args.warmup_epochs, args.n_boot, args.max_new_tokens = 1.0, 1.0, 50, 4
+        args.max_length = min(args.max_length, 96)
+        args.warmup_ratio = 0.25
+    args.tag = args.tag or (args.dataset + ("-smoke" if args.smoke else ""))
+    if args.decision_ratio not in args.ratios:
+        p.error(f"--decision_ratio {args.decision_ratio} must be one of --ratios {args.ratios}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+    import numpy as np
     import torch
 
     from mint._io import atomic_write_json, atomic_write_text
     from mint.model.evaluate import evaluate
-    from mint.model.features import compute_features
-    from mint.model.modeling import LoraSettings, load_model_and_tokenizer
-    from mint.model.store import load_features
-    from mint.model.train import read_train_manifest, train_lora
-    from mint.model.warmup import run_warmup
+    from mint.model.modeling import LoraSettings, adapter_sha256, load_model_and_tokenizer
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    stage_s: dict[str, float] = {}
-    front = {k: getattr(args, k) for k in ("pool", "n", "seed", "max_length", "proj_dim", "warmup_ratio",
-                                           "warmup_epochs", "warmup_lr", "lora_r")}
+    front = {k: str(getattr(args, k)) for k in ("model", "pool", "n", "seed", "max_length", "proj_dims",
+                                                "warmup_ratio", "warmup_epochs", "warmup_lr", "lora_r")}
     work = Path(args.work_dir) / f"{args.tag}-{_sha(front)[:10]}"  # warm-up and features depend on these only
+    results = Path(args.results_dir) / args.tag
+    runs_dir = results / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    log.info("work folder %s", work)
+    log.info("work folder %s, results %s", work, results)
     lora = LoraSettings(r=args.lora_r, alpha=2.0 * args.lora_r)
     text = {"max_length": args.max_length, "long_prompts": "truncate"}
+    data = prepare_data(args, work)
+    stage_s: dict[str, float] = {}
 
-    t0 = time.perf_counter()
-    train_path, dev_path, tasks = prepare_data(args, work)
-    stage_s["data"] = time.perf_counter() - t0
+    sel_file = results / "selections.json"
+    selections = json.loads(sel_file.read_text()) if sel_file.is_file() else None
+    if selections is not None and selections.get("front") != front:
+        log.warning("%s was made with other settings: selecting again", sel_file)
+        selections = None
+    if selections is None and not args.only_analyse:
+        from mint.model.features import compute_features
+        from mint.model.store import load_features
+        from mint.model.warmup import run_warmup
 
-    t0 = time.perf_counter()
-    run_warmup(MODEL, train_path, work / "warmup", sample_ratio=args.warmup_ratio, epochs=args.warmup_epochs,
-               lr=args.warmup_lr, batch_size=args.batch_size, grad_accum=args.grad_accum, lora=lora, seed=args.seed,
-               device="cpu", overwrite=True, progress=False, **text)
-    stage_s["warmup"] = time.perf_counter() - t0
-    log.info("warm-up done (%.0f s)", stage_s["warmup"])
+        t0 = time.perf_counter()
+        run_warmup(args.model, data["train"], work / "warmup", sample_ratio=args.warmup_ratio,
+                   epochs=args.warmup_epochs, lr=args.warmup_lr, batch_size=args.batch_size,
+                   grad_accum=args.grad_accum, lora=lora, seed=args.seed, device="cpu", overwrite=True,
+                   progress=True, **text)
+        stage_s["warmup"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        compute_features(args.model, data["train"], work / "warmup", work / "grads", proj_dim=list(args.proj_dims),
+                         batch_size=8, seed=args.seed, device="cpu", progress=True, **text)
+        stage_s["grads"] = time.perf_counter() - t0
+        feats = {d: load_features(work / "grads", dim=d) for d in args.proj_dims}
+        n = feats[args.proj_dims[0]]["sft"].shape[0]
+        t0 = time.perf_counter()
+        subsets = select_all(args, feats, data["tasks"], n)
+        stage_s["select"] = time.perf_counter() - t0
+        for s in subsets:
+            s["coverage"] = coverage(data["tasks"], s["indices"])
+        selections = {"front": front, "n": n, "subsets": subsets, "stage_seconds": stage_s}
+        atomic_write_json(sel_file, selections)
+    if selections is None:
+        raise SystemExit(f"no selections at {sel_file}: run without --only_analyse first")
 
-    t0 = time.perf_counter()
-    compute_features(MODEL, train_path, work / "warmup", work / "grads", proj_dim=args.proj_dim, batch_size=8,
-                     seed=args.seed, device="cpu", progress=False, **text)
-    stage_s["grads"] = time.perf_counter() - t0
-    log.info("gradient features done (%.0f s)", stage_s["grads"])
+    todo = jobs(args, selections["subsets"], selections["n"])
+    loaded = None
+    dev_sha = _sha(data["dev"].read_text(encoding="utf-8"))
 
-    t0 = time.perf_counter()
-    features = load_features(work / "grads", dim=args.proj_dim)
-    n = features["sft"].shape[0]
-    subsets = select_all(args, features, n)
-    for seed in args.extra_train_seeds:  # training noise: the first subset trained again with other seeds
-        subsets.append({**subsets[0], "label": f"{subsets[0]['label']} (train seed {seed})", "train_seed": seed})
-    stage_s["select"] = time.perf_counter() - t0
+    def evaluate_into(folder: Path, adapter) -> dict:
+        m = evaluate(args.model, data["dev"], adapter=adapter, output_dir=folder, batch_size=8,
+                     generate=args.generate, max_new_tokens=args.max_new_tokens, model_and_tokenizer=loaded, **text)
+        rows = [json.loads(line) for line in (folder / "per_example.jsonl").read_text().splitlines()]
+        return {"sft": [round(r["sft_loss"], 6) for r in rows], "tokens": [r["response_tokens"] for r in rows],
+                "exact_match": [r.get("exact_match") for r in rows], "sft_loss": m["sft_loss"],
+                "adapter_sha256": adapter_sha256(adapter) if adapter else None}
 
-    # train: one folder per distinct (subset, settings); identical subsets train once
-    t0 = time.perf_counter()
-    train_settings = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-                      "grad_accum": args.grad_accum, "seed": args.seed}
-    for s in subsets:
-        settings = {**train_settings, "seed": s.get("train_seed", args.seed)}
-        key = _sha({"idx": s["indices"].tolist(), "w": s["weights"].tolist(), **settings})[:12]
-        s["train_dir"] = work / "train" / key
-        t1 = time.perf_counter()
-        train_lora(MODEL, train_path, s["train_dir"], indices=s["indices"], weights=s["weights"], weighting="loss",
-                   lora=lora, device="cpu", overwrite=True, progress=False, **settings, **text)
-        m = read_train_manifest(s["train_dir"])
-        s["train_s"] = m.get("train_seconds")
-        log.info("train %-22s -> %s (%.0f s this call)", s["label"], key, time.perf_counter() - t1)
-    stage_s["train"] = time.perf_counter() - t0
+    base_file = runs_dir / "base.json"
+    base = json.loads(base_file.read_text()) if base_file.is_file() else None
+    if (base is None or base.get("dev_sha") != dev_sha) and not args.only_analyse:
+        loaded = load_model_and_tokenizer(args.model, device="cpu")
+        trunc = {"train": truncation(data["train"], loaded[1], args.max_length),
+                 "dev": truncation(data["dev"], loaded[1], args.max_length)}
+        log.info("max_length %d: %s", args.max_length, trunc)
+        base = {"dev_sha": dev_sha, "truncation": trunc, **evaluate_into(work / "eval" / "base", None)}
+        atomic_write_json(base_file, base)
 
-    # evaluate: the base model once (and again at the end, to check that adapters leave it intact)
-    t0 = time.perf_counter()
-    loaded = load_model_and_tokenizer(MODEL, device="cpu")
+    from mint.model.train import read_train_manifest, train_lora
 
-    def cached_eval(folder: Path, adapter: Path | None) -> dict:
-        from mint.model.modeling import adapter_sha256  # the hash metrics.json records
+    def train_and_score(j, sub) -> dict:
+        folder = work / "train" / j["train_key"]
+        train_lora(args.model, data["train"], folder, indices=None if sub is None else sub["indices"],
+                   weights=None if sub is None else sub["weights"], weighting=j["weighting"], epochs=j["epochs"],
+                   lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, lora=lora, seed=j["seed"],
+                   device="cpu", overwrite=True, progress=True, **text)
+        return {**evaluate_into(work / "eval" / j["train_key"], folder / "adapter"),
+                "train_seconds": read_train_manifest(folder).get("train_seconds")}
 
-        f = folder / "metrics.json"
+    stored = {}
+    for j in todo:
+        f = runs_dir / f"{j['key']}.json"
         if f.is_file():
-            m = json.loads(f.read_text())
-            prov = m.get("provenance", {})
-            if (prov.get("adapter_sha256") == (adapter_sha256(adapter, missing_ok=True) if adapter else None)
-                    and prov.get("settings", {}).get("max_length") == args.max_length
-                    and Path(prov.get("data", "")) == dev_path):
-                return m
-        return evaluate(MODEL, dev_path, adapter=adapter, output_dir=folder, batch_size=8,
-                        model_and_tokenizer=loaded, **text)
+            r = json.loads(f.read_text())
+            if r.get("dev_sha") == dev_sha:
+                stored[j["key"]] = r
+    for j in todo:
+        if j["key"] in stored or args.only_analyse:
+            continue
+        if args.budget_minutes and time.perf_counter() - t_start > 60 * args.budget_minutes:
+            log.info("budget of %g minutes spent: %d jobs left for a later sitting", args.budget_minutes,
+                     sum(x["key"] not in stored for x in todo))
+            break
+        sub = j["subset"]
+        twin = next((r for r in stored.values() if r.get("train_key") == j["train_key"]), None)
+        t0 = time.perf_counter()
+        if twin is not None:  # the same subset and settings as an arm already scored: the same adapter
+            ev = {k: twin[k] for k in ("sft", "tokens", "exact_match", "sft_loss", "adapter_sha256",
+                                       "train_seconds")}
+            log.info("%s@%g picked the same subset as %s@%g: its scores are reused", j["label"], j["ratio"],
+                     twin["label"], twin["ratio"])
+        else:
+            if loaded is None:
+                loaded = load_model_and_tokenizer(args.model, device="cpu")
+            ev = train_and_score(j, sub)
+        record = {"label": j["label"], "ratio": j["ratio"], "seed": j["seed"], "weighting": j["weighting"],
+                  "epochs": j["epochs"], "k": None if sub is None else len(sub["indices"]),
+                  "select_seed": None if sub is None else sub.get("seed"), "dev_sha": dev_sha,
+                  "train_key": j["train_key"], "wall_seconds": round(time.perf_counter() - t0, 1),
+                  "train_settings": train_settings(args), **ev}
+        for key in ("alpha", "e_pt", "e_ifl", "coverage"):
+            record[key] = None if sub is None else sub.get(key)
+        atomic_write_json(runs_dir / f"{j['key']}.json", record)
+        stored[j["key"]] = record
+        log.info("%-34s ratio %-5g seed %d: held-out SFT %.4f (%.0f s)", j["label"], j["ratio"], j["seed"],
+                 ev["sft_loss"], time.perf_counter() - t0)
 
-    def summary(m: dict) -> dict:
-        per_task = {t: v["sft_loss"] for t, v in m.get("per_task", {}).items()}
-        return {"sft_loss": m["sft_loss"], "macro_sft_loss": statistics.fmean(per_task.values()),
-                "pt_loss": m["pt_loss"], "ifl_loss": m["ifl_loss"], "sft_token_loss": m["sft_token_loss"],
-                "per_task": per_task}
-
-    base = summary(cached_eval(work / "eval" / "base", None))
-    for s in subsets:
-        folder = work / "eval" / s["train_dir"].name
-        s["eval"] = summary(cached_eval(folder, s["train_dir"] / "adapter"))
-        log.info("eval %-22s sft %.4f macro %.4f", s["label"], s["eval"]["sft_loss"], s["eval"]["macro_sft_loss"])
-    base_again = None
-    if args.check_base:
-        base_again = evaluate(MODEL, dev_path, batch_size=8, model_and_tokenizer=loaded, **text)["sft_loss"]
-    stage_s["eval"] = time.perf_counter() - t0
-    if base_again is not None and abs(base_again - base["sft_loss"]) > 1e-5:
-        log.warning("base model changed after evaluating adapters: %.6f -> %.6f", base["sft_loss"], base_again)
-
-    # results
-    rand = [s for s in subsets if s["method"] == "random"]
-    rmean = {k: statistics.fmean(s["eval"][k] for s in rand) for k in ("sft_loss", "macro_sft_loss")} if rand else {}
-    rsd = ({k: statistics.stdev(s["eval"][k] for s in rand) for k in ("sft_loss", "macro_sft_loss")}
-           if len(rand) > 1 else {})
-    rows = []
-    for s in subsets:
-        cov = coverage(tasks, s["indices"].tolist(), s["weights"].tolist())
-        better = (sum(s["eval"]["per_task"][t] < statistics.fmean(r["eval"]["per_task"][t] for r in rand)
-                      for t in s["eval"]["per_task"]) if rand else None)
-        rows.append({"label": s["label"], "method": s["method"], "alpha": s["alpha"], "alpha_reason": s["alpha_reason"],
-                     "k": int(s["indices"].size), "zero_weight": s["zero_weight"], "e_pt": s["e_pt"],
-                     "e_ifl": s["e_ifl"], **cov, "sft_loss": s["eval"]["sft_loss"],
-                     "macro_sft_loss": s["eval"]["macro_sft_loss"], "pt_loss": s["eval"]["pt_loss"],
-                     "ifl_loss": s["eval"]["ifl_loss"], "sft_token_loss": s["eval"]["sft_token_loss"],
-                     "tasks_better_than_random_mean": better,
-                     "train_dir": s["train_dir"].name, "train_s": s["train_s"], "select_s": s["select_s"],
-                     "per_task": s["eval"]["per_task"]})
-    wall = time.perf_counter() - t_start
-    result = {"args": vars(args), "model": MODEL, "n": n, "n_dev": sum(1 for _ in open(dev_path, encoding="utf-8")),
-              "n_dev_tasks": len(base["per_task"]), "work_dir": str(work),
-              "base": {**base, "sft_loss_after_adapters": base_again}, "random_mean": rmean, "random_sd": rsd,
-              "rows": rows, "stage_seconds": {k: round(v, 1) for k, v in stage_s.items()}, "wall_s": round(wall, 1),
-              "load_avg": os.getloadavg(), "threads": args.threads}
-    out = Path(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / f"quality_{args.tag}.json", result)
-    table = markdown_table(result)
-    atomic_write_text(out / f"quality_{args.tag}.md", table)
+    runs = [stored[j["key"]] for j in todo if j["key"] in stored]
+    missing = [f"{j['label']}@{j['ratio']:g} seed {j['seed']}" for j in todo if j["key"] not in stored]
+    if not any(r["label"] == "random" for r in runs) or base is None:
+        log.info("not enough runs for a table yet (%d of %d)", len(runs), len(todo))
+        return 0
+    result = {"dataset": args.dataset, "model": args.model, "args": {k: str(v) for k, v in vars(args).items()},
+              "n": selections["n"], "truncation": base.get("truncation"), "runs_done": len(runs),
+              "runs_total": len(todo), "missing": missing,
+              "analysis": analyse(runs, base, data["dev_tasks"], n_boot=args.n_boot, seed=args.seed),
+              "selection_stage_seconds": selections.get("stage_seconds"), "versions": _versions()}
+    atomic_write_json(results / "result.json", result)
+    table = markdown(result)
+    atomic_write_text(results / "table.md", table)
+    plot(result, results / "loss_vs_ratio.png")
     print(table)
+    print(f"{len(runs)} of {len(todo)} runs done" + (f"; missing: {', '.join(missing)}" if missing else ""))
     return 0
 
 
-def markdown_table(r: dict) -> str:
-    def f(x, nd=3):
-        return "" if x is None else f"{x:.{nd}f}"
+def _versions() -> dict:
+    from mint._io import versions
 
-    base = r["base"]
-    lines = [
-        "| subset | alpha | k | tasks covered | rare covered | TV to pool mix | E_PT | E_IFL | held-out SFT loss | "
-        "macro over tasks | token-weighted SFT loss | tasks better than random mean |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| base model (no training) | | | | | | | | {f(base['sft_loss'])} | {f(base['macro_sft_loss'])} | "
-        f"{f(base['sft_token_loss'])} | |",
-    ]
-    for row in r["rows"]:
-        lines.append(
-            f"| {row['label']} | {f(row['alpha'], 4)} | {row['k']} | {row['tasks_covered']}/{row['tasks_present']} | "
-            f"{row['rare_covered']}/{row['rare_tasks']} | {f(row['tv_weighted_mix'])} | {f(row['e_pt'], 1)} | "
-            f"{f(row['e_ifl'], 1)} | {f(row['sft_loss'])} | {f(row['macro_sft_loss'])} | {f(row['sft_token_loss'])} | "
-            f"{'' if row['tasks_better_than_random_mean'] is None else row['tasks_better_than_random_mean']} |")
-    rand = [x for x in r["rows"] if x["method"] == "random"]
-    if len(rand) > 1:
-        cells = [f"{statistics.fmean(x[k] for x in rand):.3f} +- {statistics.stdev(x[k] for x in rand):.3f}"
-                 for k in ("sft_loss", "macro_sft_loss", "sft_token_loss")]
-        lines.append(f"| random mean +- sd ({len(rand)} seeds) | | | | | | | | {' | '.join(cells)} | |")
-    return "\n".join(lines) + "\n"
+    return versions()
 
 
 if __name__ == "__main__":

@@ -49,3 +49,53 @@ def test_gpu_check_says_when_there_is_no_gpu(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py")], capture_output=True, text=True,
                             timeout=120, cwd=tmp_path)
     assert result.returncode == 1 and "no CUDA device" in result.stdout
+
+
+def test_omp_wait_policy_benchmark_runs_on_the_tiny_model(tiny_model_dir, tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "omp_wait_policy.py"), "--model", str(tiny_model_dir),
+                             "--threads", "1", "--repeats", "1"], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "forward+backward 8x64 wall" in result.stdout
+
+
+def test_submodlib_comparison_runs_or_names_the_missing_package(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "submodlib_compare.py"), "--n", "200", "--d", "8"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    if result.returncode == 2:  # submodlib is not a dependency of mint
+        assert "pip install submodlib-py" in out["submodlib"] and out["mint_seconds"] >= 0
+    else:
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert {r["optimizer"] for r in out["rows"]} >= {"mint lazy_greedy (exact)", "submodlib LazyGreedy"}
+
+
+def test_quality_benchmark_smoke_mode(tiny_model_dir, tmp_path):
+    """Every stage of the evidence benchmark on the tiny model: selections, every arm, the table,
+    the plot, and a second call that computes nothing (everything resumes from the stored runs)."""
+    tasks = ["sum", "reverse", "capital", "count"]
+    with open(tmp_path / "pool.jsonl", "w", encoding="utf-8") as f:
+        for i in range(40):
+            t = tasks[0] if i % 2 else tasks[(i // 2) % 4]  # skewed: half the pool is one task
+            f.write(json.dumps({"instruction": f"{t} {i}", "input": f"x{i % 7}", "output": f"{t} {i % 5}",
+                                "task": t}) + "\n")
+    with open(tmp_path / "dev.jsonl", "w", encoding="utf-8") as f:
+        for i, t in enumerate(tasks * 3):
+            f.write(json.dumps({"instruction": f"{t} {i}", "input": "", "output": f"{t} {i % 5}", "task": t}) + "\n")
+    cmd = [sys.executable, str(REPO / "bench" / "quality.py"), "--smoke", "--model", str(tiny_model_dir), "--pool",
+           str(tmp_path / "pool.jsonl"), "--dev", str(tmp_path / "dev.jsonl"), "--work_dir", str(tmp_path / "work"),
+           "--results_dir", str(tmp_path / "results"), "--threads", "1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    res = json.loads((tmp_path / "results" / "ni_mix-smoke" / "result.json").read_text())
+    rows = res["analysis"]["rows"]
+    assert res["runs_done"] == res["runs_total"] and not res["missing"]
+    for arm in ("random", "mint/plateau", "mint/golden", "craig", "craig/unweighted", "pt", "ifl", "stratified"):
+        for ratio in (0.1, 0.2):
+            assert f"{arm}@{ratio}" in rows, (arm, ratio)
+    assert rows["random@0.1"]["delta_mean"]["value"] == 0.0 and len(rows["random@0.1"]["random_seed_means"]) == 2
+    assert rows["mint/plateau@0.2"]["runs"] == 2 and "full@1.0" in rows and "gap_closed" in rows["pt@0.1"]
+    assert (tmp_path / "results" / "ni_mix-smoke" / "loss_vs_ratio.png").stat().st_size > 0
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "training LoRA" not in again.stderr  # nothing trained twice
