@@ -49,11 +49,13 @@ DATA = REPO.parent / "shared" / "data"
 MODEL = "smollm2-135m-instruct"
 log = logging.getLogger("bench.quality")
 
-# What each data set needs: max_length keeps >= 95% of records whole (checked and reported).
+# What each data set needs: max_length keeps >= 95% of records whole (checked and reported). With
+# SmolLM2's chat template, 512 tokens keep 93.8% of the ni_mix pool whole and 768 keep 97.2%
+# (alpaca_gpt4: 98.0% at 512).
 DATASETS = {
-    "ni_mix": {"pool": DATA / "ni_mix" / "pool.jsonl", "dev": DATA / "ni_mix" / "dev_eval.jsonl", "max_length": 512},
+    "ni_mix": {"pool": DATA / "ni_mix" / "pool.jsonl", "dev": DATA / "ni_mix" / "dev_eval.jsonl", "max_length": 768},
     "alpaca_gpt4": {"pool": DATA / "alpaca_gpt4" / "pool.jsonl", "dev": DATA / "alpaca_gpt4" / "dev_eval.jsonl",
-                    "max_length": 768},
+                    "max_length": 512},
 }
 
 
