@@ -157,7 +157,7 @@ def train_lora(
     gradient_checkpointing: bool = False,
     bf16: bool = False,
     fp16: bool = False,
-    report_to: Sequence[str] | str | None = None,
+    report_to: Sequence[str] | str = ("none",),
     resume_from_checkpoint: bool = True,
     device: str = "auto",
     dtype: str = "auto",
@@ -250,6 +250,8 @@ def train_lora(
         shutil.rmtree(_checkpoints(output_dir), ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not any(_checkpoints(output_dir).glob("checkpoint-*")):  # nothing to resume from
+            shutil.rmtree(_checkpoints(output_dir), ignore_errors=True)
         raise
     finally:
         barrier(dist)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from mint._io import read_json, sha256_bytes
 from mint.errors import MintError
 from mint.records import source_format, source_sha256
-from mint.pipeline.config import RunConfig
+from mint.pipeline.config import TRAINER_KEYS, RunConfig
 
 __all__ = ["STEPS", "DEMO_DATA_VERSION", "render_options", "render_key", "warmup_call", "grads_call",
            "select_call", "train_call", "eval_call"]
@@ -58,13 +58,27 @@ def _examples(cfg: RunConfig, data_path: Path):
     return load_examples(data_path, schema=cfg.data.schema, assistant_turns=cfg.data.assistant_turns)
 
 
+def trainer_options(section) -> dict[str, Any]:
+    """The Trainer settings of the `warmup` or `train` section, as `train_lora` keywords."""
+    return {key: getattr(section, key) for key in TRAINER_KEYS}
+
+
+def trainer_key(section) -> dict[str, Any]:
+    """`trainer_options` as part of a step's key: the settings that change the result, and only
+    where they differ from their defaults (a run made before they existed keeps its step keys)."""
+    defaults = type(section)()
+    return {key: getattr(section, key) for key in TRAINER_KEYS
+            if key not in ("report_to", "resume_from_checkpoint") and getattr(section, key) != getattr(defaults, key)}
+
+
 def warmup_call(cfg: RunConfig, train_path: Path, folder: Path, **options: Any) -> Path:
     from mint.model.warmup import run_warmup
 
     w = cfg.warmup
     return run_warmup(cfg.model.name, train_path, folder, sample_ratio=w.sample_ratio, epochs=w.epochs, lr=w.lr,
                       batch_size=w.batch_size, grad_accum=w.grad_accum, lora=cfg.lora, seed=cfg.seed,
-                      device=cfg.model.device, dtype=cfg.model.dtype, **render_options(cfg), **options)
+                      device=cfg.model.device, dtype=cfg.model.dtype, **trainer_options(w), **render_options(cfg),
+                      **options)
 
 
 def grads_call(cfg: RunConfig, train_path: Path, warmup_dir: Path, folder: Path, **options: Any) -> Path:
@@ -96,7 +110,7 @@ def train_call(cfg: RunConfig, train_path: Path, folder: Path, *, indices, weigh
     return train_lora(cfg.model.name, train_path, folder, indices=indices, weights=weights, weighting=weighting,
                       epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, grad_accum=t.grad_accum,
                       lora=cfg.lora, seed=cfg.seed, device=cfg.model.device, dtype=cfg.model.dtype,
-                      **render_options(cfg), **options)
+                      **trainer_options(t), **render_options(cfg), **options)
 
 
 def eval_call(cfg: RunConfig, eval_path: Path, adapter: Path | None, folder: Path | None, **options: Any) -> dict:
@@ -196,9 +210,19 @@ def _check_eval_schema(train_path: Path, eval_path: Path) -> None:
                         f"is {a}; convert one of them so both use the same schema")
 
 
+def _world() -> dict[str, int]:
+    """The number of torchrun processes, in the key of a step whose result depends on it (> 1 only)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return {"world_size": world} if world > 1 else {}
+
+
 def warmup(ctx: Context) -> None:
     cfg = ctx.cfg
-    inputs = {**ctx.common, "lora": asdict(cfg.lora), "warmup": asdict(cfg.warmup), "device": cfg.model.device,
+    warm = {k: v for k, v in asdict(cfg.warmup).items() if k not in TRAINER_KEYS}
+    inputs = {**ctx.common, "lora": asdict(cfg.lora), "warmup": {**warm, **trainer_key(cfg.warmup)},
+              "device": cfg.model.device,
               "dtype": cfg.model.dtype}
 
     def do(folder: Path) -> dict:
@@ -263,7 +287,8 @@ def train(ctx: Context) -> None:
     """train_coreset, then train_random and train_full when asked, all with the same settings."""
     cfg, t = ctx.cfg, ctx.cfg.train
     ctx.coreset = _trained_coreset(ctx)
-    settings = {"epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size, "grad_accum": t.grad_accum}
+    settings = {"epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
+                **trainer_key(t), **_world()}
     common = {**ctx.common, "lora": asdict(cfg.lora), "train": settings, "device": cfg.model.device,
               "dtype": cfg.model.dtype}
 
