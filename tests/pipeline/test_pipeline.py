@@ -66,6 +66,9 @@ def test_mint_run_end_to_end_then_nothing_to_do_then_only_affected_steps(run_con
     assert summary["k"] == 8 and set(summary["metrics"]) == {"base", "coreset", "random"}
     report = (run_dir / "report.md").read_text()
     assert "| MINT coreset |" in report and "| random subset (same size) |" in report and "Time per step" in report
+    # the training-loss curves of the warm-up and both trained models, from their Trainer log histories
+    assert "![training loss](training_loss.png)" in report and "(warm-up, coreset, random)" in report
+    assert (run_dir / "training_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the exported coreset is the trained one, and its weights sum to N
     exported = [json.loads(x) for x in (run_dir / "export/coreset_0.25.jsonl").read_text().splitlines()]
     assert len(exported) == 8 and sum(r["weight"] for r in exported) == 32

@@ -42,7 +42,7 @@ RUN_FILE = "run.json"
 # Folders and files a run creates; --overwrite clears only these, never anything else.
 STEP_DIRS = (STEPS_DIR, "data", "warmup", "grads", "select", "export", "train_coreset", "train_random",
              "train_full", "eval")
-RUN_FILES = (RUN_FILE, "config.yaml", "report.md", "summary.json")
+RUN_FILES = (RUN_FILE, "config.yaml", "report.md", "summary.json", "training_loss.png")
 
 
 @dataclass
