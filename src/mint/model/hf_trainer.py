@@ -141,6 +141,21 @@ def _classes():
             self.response_only = _accepts_logits_to_keep(self.model)
             self.step_sums = [0.0, 0.0]  # this rank's weighted and plain loss sums in the current step
 
+        def floating_point_ops(self, inputs):
+            # the Trainer's own counts the model's parameters again for every forward pass
+            if not hasattr(self, "_n_params"):
+                self._n_params = self.model.num_parameters(exclude_embeddings=True)
+            return 6 * inputs["input_ids"].numel() * self._n_params
+
+        def _clip_grad_norm(self, model):
+            # the trainable (LoRA) weights alone, listed once: the same norm as over every parameter
+            # (the frozen ones have no gradient) without walking the whole model each step
+            if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+                return super()._clip_grad_norm(model)
+            if not hasattr(self, "_trainable"):
+                self._trainable = [p for p in model.parameters() if p.requires_grad]
+            return self.accelerator.clip_grad_norm_(self._trainable, self.args.max_grad_norm)
+
         def get_train_dataloader(self):
             import torch
             from torch.utils.data import DataLoader
@@ -172,10 +187,12 @@ def _classes():
         def on_train_begin(self, args, state, control, **kw):
             from tqdm.auto import tqdm
 
+            self.trainer.loop_seconds = -time.perf_counter()  # the optimizer steps alone
             self.bar = tqdm(total=sum(self.sizes), initial=sum(self.sizes[:state.global_step]), unit="ex",
                             desc=self.desc, disable=not self.progress or not state.is_world_process_zero)
 
         def on_train_end(self, args, state, control, **kw):
+            self.trainer.loop_seconds += time.perf_counter()
             if self.bar is not None:
                 self.bar.close()
 
@@ -382,9 +399,7 @@ def run_training(examples, idx, w, config: dict, out, *, checkpoints, model_name
         log.info("training LoRA on %d examples (%d optimizer steps of %d, weighting %s) on %s%s%s",
                  len(tokenized), len(steps), len(steps[0]), config["weighting"], device,
                  f" x {world} processes" if world > 1 else "", f", resuming from {resume_from}" if resume_from else "")
-        loop_start = time.time()
         trainer.train(resume_from_checkpoint=resume_from)
-        loop_end = time.time()
     if out is None:
         return None
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -407,7 +422,7 @@ def run_training(examples, idx, w, config: dict, out, *, checkpoints, model_name
         "report_to": report_to,
         "versions": versions(),
         "seconds": round(time.time() - started, 2),
-        "train_seconds": round(loop_end - loop_start, 2),  # the optimizer steps alone
+        "train_seconds": round(trainer.loop_seconds, 2),  # the optimizer steps alone (no set-up)
     }
 
 

@@ -61,6 +61,12 @@ class ModelConfig:
     device: str = _f("auto", "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
     dtype: str = _f("auto", "auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16",
                     choices=choices.DTYPES)
+    proxy: str | None = _f(None, "a smaller model for the warm-up and the gradient features (selection), while "
+                                 "training and evaluation use `name`; empty = `name` does both")
+
+    def selector(self) -> str:
+        """The model that selects: the proxy when there is one."""
+        return self.proxy or self.name
 
 
 # The Trainer settings of the warm-up and of the training, named as `transformers.TrainingArguments`

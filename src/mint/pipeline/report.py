@@ -74,7 +74,9 @@ def write_report(run_dir: Path, cfg, infos: dict, metrics: dict[str, dict], *, s
     rows = _subset_rows(sel)
     lines = [
         "# MINT run report", "",
-        f"- model: `{cfg.model.name}`",
+        *([f"- model: `{cfg.model.name}`"] if not cfg.model.proxy else
+          [f"- selected with `{cfg.model.proxy}` (the proxy: warm-up and gradient features)",
+           f"- trained and evaluated: `{cfg.model.name}`"]),
         f"- training data: {'built-in demo data' if cfg.data.train is None else '`' + str(cfg.data.train) + '`'}"
         f" ({n_records} examples)",
         f"- held-out data: {_held_out(cfg, eval_path, run_dir)}",
@@ -99,7 +101,7 @@ def write_report(run_dir: Path, cfg, infos: dict, metrics: dict[str, dict], *, s
     report = atomic_write_text(run_dir / "report.md", "\n".join(lines))
 
     summary = {
-        "model": cfg.model.name, "n_records": n_records, "alpha": sel.get("alpha"), "train_ratio": train_ratio,
+        "model": cfg.model.name, "selection_model": cfg.model.selector(), "n_records": n_records, "alpha": sel.get("alpha"), "train_ratio": train_ratio,
         "k": k, "subsets": rows,
         "metrics": {label: {key: m.get(key) for key in ("sft_loss", "pt_loss", "ifl_loss", "perplexity")}
                     | ({"exact_match": m["generation"].get("exact_match"), "rouge_l": m["generation"].get("rouge_l")}

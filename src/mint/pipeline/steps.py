@@ -75,7 +75,7 @@ def warmup_call(cfg: RunConfig, train_path: Path, folder: Path, **options: Any) 
     from mint.model.warmup import run_warmup
 
     w = cfg.warmup
-    return run_warmup(cfg.model.name, train_path, folder, sample_ratio=w.sample_ratio, epochs=w.epochs, lr=w.lr,
+    return run_warmup(cfg.model.selector(), train_path, folder, sample_ratio=w.sample_ratio, epochs=w.epochs, lr=w.lr,
                       batch_size=w.batch_size, grad_accum=w.grad_accum, lora=cfg.lora, seed=cfg.seed,
                       device=cfg.model.device, dtype=cfg.model.dtype, **trainer_options(w), **render_options(cfg),
                       **options)
@@ -86,7 +86,7 @@ def grads_call(cfg: RunConfig, train_path: Path, warmup_dir: Path, folder: Path,
 
     g = cfg.grads
     options.setdefault("proj_dim", g.proj_dim)
-    return compute_features(cfg.model.name, train_path, warmup_dir, folder, grad_type=g.grad_type,
+    return compute_features(cfg.model.selector(), train_path, warmup_dir, folder, grad_type=g.grad_type,
                             batch_size=g.batch_size, seed=cfg.seed, device=cfg.model.device, dtype=cfg.model.dtype,
                             storage_dtype=g.storage_dtype,
                             **render_options(cfg), **options)
@@ -222,6 +222,7 @@ def warmup(ctx: Context) -> None:
     cfg = ctx.cfg
     warm = {k: v for k, v in asdict(cfg.warmup).items() if k not in TRAINER_KEYS}
     inputs = {**ctx.common, "lora": asdict(cfg.lora), "warmup": {**warm, **trainer_key(cfg.warmup)},
+              **({"proxy": cfg.model.proxy} if cfg.model.proxy else {}),  # the model that selects
               "device": cfg.model.device,
               "dtype": cfg.model.dtype}
 
