@@ -21,6 +21,8 @@ def process_group(backend: str | None = None):
 
     if not dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":  # one GPU per process: NCCL's collectives run on the current device
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         # ranks wait for each other at the merge; shards and parts can take hours on big data sets
         dist.init_process_group(backend, timeout=datetime.timedelta(hours=12))
     return dist.get_rank(), dist.get_world_size(), dist

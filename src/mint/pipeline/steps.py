@@ -227,10 +227,52 @@ def warmup(ctx: Context) -> None:
               "dtype": cfg.model.dtype}
 
     def do(folder: Path) -> dict:
-        warmup_call(cfg, ctx.train_path, folder)
+        if ctx.run.world > 1:  # rank 0 alone, as one process: the adapter of a single-process run
+            _alone(warmup_call, cfg, ctx.train_path, folder)
+        else:
+            warmup_call(cfg, ctx.train_path, folder)
         return {"dir": ctx.run.rel(folder)}
 
     ctx.infos["warmup"] = ctx.run.step("warmup", inputs, do)
+
+
+# What torchrun sets for its workers: without them a process is a single-process run.
+_TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                 "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _alone(fn: Callable, *args: Any) -> None:
+    """``fn(*args)`` in a fresh process outside the torchrun job (spawned without torchrun's
+    environment), for a step whose result must not depend on the number of processes."""
+    import multiprocessing
+    import os
+
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k in _TORCHRUN_ENV or k.startswith("TORCHELASTIC_")}
+    try:
+        proc = multiprocessing.get_context("spawn").Process(target=_call_alone, args=(fn, _threads(), *args))
+        proc.start()
+    finally:
+        os.environ.update(saved)
+    proc.join()
+    if proc.exitcode != 0:
+        raise MintError(f"{getattr(fn, '__name__', fn)} failed in its own process (exit code {proc.exitcode}); "
+                        "its error is printed above")
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _call_alone(fn: Callable, threads: int, *args: Any) -> None:
+    import logging as logging_
+
+    import torch
+
+    logging_.basicConfig(level=logging_.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(threads)  # the parent's count: the same floating-point results
+    fn(*args)
 
 
 def grads(ctx: Context) -> None:
@@ -242,7 +284,7 @@ def grads(ctx: Context) -> None:
         grads_call(cfg, ctx.train_path, ctx.run.abs(warm.outputs["dir"]), folder)
         return {"dir": ctx.run.rel(folder)}
 
-    ctx.infos["grads"] = ctx.run.step("grads", inputs, do)
+    ctx.infos["grads"] = ctx.run.step("grads", inputs, do, every_rank=True)  # shards spread over the ranks
 
 
 def select(ctx: Context) -> None:
@@ -252,7 +294,9 @@ def select(ctx: Context) -> None:
         result = select_call(cfg, ctx.run.abs(grads_info.outputs["dir"]), folder, ctx.train_path, overwrite=True)
         return {"dir": ctx.run.rel(folder), "alpha": result.alpha}
 
-    info = ctx.run.step("select", {"grads": grads_info.key, "selection": asdict(cfg.selection), "seed": cfg.seed}, do)
+    # every rank: run_selection spreads the parts of a partitioned selection over them (rank 0 writes)
+    info = ctx.run.step("select", {"grads": grads_info.key, "selection": asdict(cfg.selection), "seed": cfg.seed}, do,
+                        every_rank=True)
     ctx.infos["select"] = info
     ctx.select_dir = ctx.run.abs(info.outputs["dir"])
 
@@ -305,9 +349,9 @@ def train(ctx: Context) -> None:
         raise MintError(f"the coreset of ratio {c['ratio']:.2f} in {ctx.select_dir} has no 'weights' array, so "
                         f"train.weighting {t.weighting} has nothing to apply; run the select step again (delete "
                         f"{ctx.select_dir}) or set train.weighting none")
-    ctx.trained["coreset"] = ctx.run.step(
+    ctx.trained["coreset"] = ctx.run.step(  # data parallel under torchrun
         "train_coreset", {**common, "select": ctx.infos["select"].key, "ratio": c["ratio"], "weighting": t.weighting},
-        trainer(c["indices"], c["weights"], t.weighting))
+        trainer(c["indices"], c["weights"], t.weighting), every_rank=True)
     if t.random_baseline:
         from mint.model.warmup import random_subset_indices
 
@@ -315,9 +359,10 @@ def train(ctx: Context) -> None:
         rand_idx = random_subset_indices(ctx.n_records, c["ratio"], cfg.seed)
         ctx.trained["random"] = ctx.run.step(
             "train_random", {**common, "n": ctx.n_records, "indices_sha256": sha256_bytes(rand_idx.tobytes())},
-            trainer(rand_idx, None, "none"))
+            trainer(rand_idx, None, "none"), every_rank=True)
     if t.full_baseline:
-        ctx.trained["full"] = ctx.run.step("train_full", {**common, "n": ctx.n_records}, trainer(None, None, "none"))
+        ctx.trained["full"] = ctx.run.step("train_full", {**common, "n": ctx.n_records}, trainer(None, None, "none"),
+                                           every_rank=True)
 
 
 def evaluate(ctx: Context) -> None:
