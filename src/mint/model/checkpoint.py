@@ -1,6 +1,5 @@
-"""The files of a training run besides the adapter: the final AdamW state (``optimizer.safetensors``,
-which the warm-up hands to the gradient features) and the mid-run checkpoint an interrupted
-`mint.model.train.train_lora` resumes from.
+"""The final AdamW state of a training run (``optimizer.safetensors``), which the warm-up hands to
+the gradient features. (Mid-run checkpoints are the Trainer's: `mint.model.hf_trainer`.)
 
 ``optimizer.safetensors`` holds the AdamW state keyed by the adapter's parameter names
 (``<key>.exp_avg``, ``<key>.exp_avg_sq``, ``<key>.step``), with betas, eps and step as JSON in
@@ -16,7 +15,7 @@ from typing import Any
 
 from mint.errors import MintError
 
-__all__ = ["OPTIMIZER_FILE", "save_optimizer_state", "load_optimizer_state", "save_checkpoint", "load_checkpoint"]
+__all__ = ["OPTIMIZER_FILE", "save_optimizer_state", "load_optimizer_state"]
 
 log = logging.getLogger(__name__)
 
@@ -82,70 +81,3 @@ def load_optimizer_state(folder: str | os.PathLike) -> dict[str, Any]:
     except (KeyError, ValueError, TypeError) as e:
         raise MintError(f"{path}: optimizer metadata (betas, eps, step) missing or invalid; rerun `mint warmup`") from e
     return {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "step": step, "betas": betas, "eps": eps}
-
-
-# ---------------------------------------------------------------------------------------------
-# Mid-run checkpoints
-
-
-def save_checkpoint(path: Path, config: dict, step: int, model, optimizer, scheduler, history) -> None:
-    """Everything a run needs to continue after optimizer step ``step``, torch's RNG included."""
-    import io
-
-    import torch
-
-    from mint._io import atomic_write_bytes
-    from mint.model.modeling import lora_named_parameters
-
-    state = {
-        "config_json": json.dumps(config, sort_keys=True),
-        "step": step,
-        "lora": {k: p.detach().cpu().clone() for k, p in lora_named_parameters(model)},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        # CUDA generators only for a model on CUDA: a CPU run neither uses nor initialises them
-        "cuda_rng": torch.cuda.get_rng_state_all() if _on_cuda(model) else [],
-        "history_json": json.dumps(history),
-    }
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-    log.debug("checkpoint after step %d -> %s", step, path)
-
-
-def load_checkpoint(path: Path, config: dict, model, optimizer, scheduler, history: list) -> int:
-    """Restore the state saved by `save_checkpoint` when it belongs to this config; the number
-    of optimizer steps already done (0 when there is nothing to resume)."""
-    import torch
-
-    from mint.model.modeling import lora_named_parameters
-
-    if not path.is_file():
-        return 0
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a checkpoint is an optimisation: a broken one means starting over
-        log.warning("ignoring unreadable checkpoint %s (%s); starting over", path, e)
-        return 0
-    if state.get("config_json") != json.dumps(config, sort_keys=True):
-        log.info("checkpoint %s belongs to other settings; starting over", path)
-        return 0
-    params = dict(lora_named_parameters(model))
-    if set(params) != set(state["lora"]):
-        log.warning("checkpoint %s does not match the adapter; starting over", path)
-        return 0
-    with torch.no_grad():
-        for k, p in params.items():
-            p.copy_(state["lora"][k].to(p.device, p.dtype))
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] and _on_cuda(model):
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    history.extend(json.loads(state["history_json"]))
-    return int(state["step"])
-
-
-def _on_cuda(model) -> bool:
-    return next(model.parameters()).device.type == "cuda"

@@ -226,7 +226,15 @@ def _classes():
                 self.bar.update(self.sizes[state.global_step - 1])
                 if self.history:
                     self.bar.set_postfix(loss=f"{self.history[-1]['loss']:.4f}")
-            if state.global_step < state.max_steps and time.time() - self.last_save >= self.every:
+            due = state.global_step < state.max_steps and time.time() - self.last_save >= self.every
+            if args.world_size > 1:  # rank 0's clock decides: every rank saves at the same step
+                import torch
+                import torch.distributed as dist
+
+                flag = torch.tensor([float(due)], device=args.device)
+                dist.broadcast(flag, src=0)
+                due = bool(flag.item())
+            if due:
                 control.should_save = True
                 self.last_save = time.time()
             return control

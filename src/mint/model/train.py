@@ -1,29 +1,32 @@
 """Weighted LoRA training: the warm-up (a random sample, unit weights) and the final training on
-a coreset (indices + weights) share this one code path.
+a coreset (indices + weights) share this one code path, run by `transformers.Trainer`
+(`mint.model.hf_trainer`; docs/design.md section 5).
 
 The loss of one optimizer step is
 
     sum over the examples i in the step of  c_i * l_i / n_step,      c_i = w_i / mean(w)
 
 where ``l_i`` is example i's response-token mean loss, the mean of ``w`` is taken over the whole
-coreset and ``n_step`` is the number of examples in the step (``batch_size * grad_accum``, fewer
-in the last one). The update therefore depends on the weights and not on how a step is split into
-forward passes. With ``weighting="sampling"`` the examples are drawn with probability proportional
-to ``w`` (with replacement, as many per epoch as the coreset has) and ``c_i = 1``; with ``none``,
-``c_i = 1``.
+coreset and ``n_step`` is the number of examples in the step (``batch_size * grad_accum *
+world_size``, fewer in the last one). The update therefore depends on the weights and not on how
+a step is split into forward passes or processes. With ``weighting="sampling"`` the examples are
+drawn with probability proportional to ``w`` (with replacement, as many per epoch as the coreset
+has) and ``c_i = 1``; with ``none``, ``c_i = 1``. `accumulate_step` is the plain reference of one
+step (a loop of forward/backward passes), which the tests and bench/train.py compare against.
 
 Output folder:
 
 - ``adapter/``: the LoRA adapter (peft ``save_pretrained``);
 - ``optimizer.safetensors``: the AdamW state keyed by the adapter's parameter names (written and
-  read by `mint.model.checkpoint`, which also keeps the mid-run checkpoint);
-- ``manifest.json``: config, data fingerprint, base model, versions, seed, loss history; written
-  last, so its presence marks a finished run.
+  read by `mint.model.checkpoint`);
+- ``tensorboard/``: the Trainer's event files, with ``report_to`` tensorboard;
+- ``manifest.json``: config, data fingerprint, base model, versions, seed, loss history (mint's
+  per step and the Trainer's ``log_history``); written last, so its presence marks a finished run.
 
 The folder is built under a temporary name and renamed when complete: Ctrl-C leaves nothing
-half-written, and a second call with the same settings returns at once. Training seeds torch's
-generators inside the call only (`mint.model.modeling.seeded_torch`): the caller's are left as
-they were.
+half-written (but the Trainer checkpoint beside it, which a rerun resumes from), and a second
+call with the same settings returns at once. Training seeds torch's generators inside the call
+only (`mint.model.modeling.seeded_torch`): the caller's are left as they were.
 """
 from __future__ import annotations
 
@@ -32,13 +35,12 @@ import logging
 import math
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mint._io import atomic_write_json, read_json, sha256_bytes, versions
+from mint._io import atomic_write_json, read_json, sha256_bytes
 from mint._folders import check_writable, new_temp_folder, own_entries, publish_folder, remove_stale_temps
 from mint.choices import LR_SCHEDULER_TYPES, WEIGHTINGS
 from mint.errors import MintError
