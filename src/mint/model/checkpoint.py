@@ -1,5 +1,6 @@
-"""The final AdamW state of a training run (``optimizer.safetensors``), which the warm-up hands to
-the gradient features. (Mid-run checkpoints are the Trainer's: `mint.model.hf_trainer`.)
+"""The files of a training run besides the adapter: the final AdamW state (``optimizer.safetensors``,
+which the warm-up hands to the gradient features), and which of the Trainer's mid-run checkpoints
+(``.<output>.checkpoints/checkpoint-<step>``, written by `mint.model.hf_trainer`) a run resumes from.
 
 ``optimizer.safetensors`` holds the AdamW state keyed by the adapter's parameter names
 (``<key>.exp_avg``, ``<key>.exp_avg_sq``, ``<key>.step``), with betas, eps and step as JSON in
@@ -15,7 +16,8 @@ from typing import Any
 
 from mint.errors import MintError
 
-__all__ = ["OPTIMIZER_FILE", "save_optimizer_state", "load_optimizer_state"]
+__all__ = ["OPTIMIZER_FILE", "HISTORY_FILE", "save_optimizer_state", "load_optimizer_state", "resume_point",
+           "history_of"]
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +83,53 @@ def load_optimizer_state(folder: str | os.PathLike) -> dict[str, Any]:
     except (KeyError, ValueError, TypeError) as e:
         raise MintError(f"{path}: optimizer metadata (betas, eps, step) missing or invalid; rerun `mint warmup`") from e
     return {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "step": step, "betas": betas, "eps": eps}
+
+
+# ---------------------------------------------------------------------------------------------
+# The Trainer's checkpoints
+
+
+def resume_point(checkpoints, config: dict, resume: bool, *, rank: int, dist) -> str | None:
+    """The Trainer checkpoint to continue from: the latest in ``checkpoints`` when it was made
+    with this ``config`` (and ``resume``), else None after rank 0 cleared the folder and recorded
+    ``config`` in it. Every rank gets the same answer."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from mint._io import atomic_write_json
+    from mint.model.distributed import barrier
+
+    checkpoints = Path(checkpoints)
+    record = checkpoints / "mint_config.json"
+    found = None
+    if resume and record.is_file():
+        try:
+            same = json.loads(record.read_text()) == json.loads(json.dumps(config))
+        except (OSError, ValueError):
+            same = False
+        done = sorted((p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()),
+                      key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+        if same and done:
+            found = str(done[-1])
+        elif not same:
+            log.info("checkpoints in %s belong to other settings; starting over", checkpoints)
+    barrier(dist)  # every rank has looked
+    if found is None and rank == 0:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        checkpoints.mkdir(parents=True)
+        atomic_write_json(record, config)
+    barrier(dist)
+    return found
+
+
+HISTORY_FILE = "mint_history.json"  # mint's per-step records, in each Trainer checkpoint
+
+
+def history_of(checkpoint: str) -> list[dict]:
+    """mint's per-step records up to a checkpoint."""
+    import json
+    from pathlib import Path
+
+    path = Path(checkpoint) / HISTORY_FILE
+    return json.loads(path.read_text()) if path.is_file() else []

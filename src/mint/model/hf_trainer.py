@@ -29,6 +29,7 @@ import functools
 import logging
 import math
 import time
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -219,6 +220,8 @@ def _classes():
                 from mint._io import atomic_write_json
 
                 folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                from mint.model.checkpoint import HISTORY_FILE
+
                 atomic_write_json(folder / HISTORY_FILE, self.history)
 
         def on_step_end(self, args, state, control, **kw):
@@ -326,40 +329,6 @@ def training_arguments(config: dict, *, output_dir, n_steps: int, device: str, l
 # One run
 
 
-def resume_point(checkpoints, config: dict, resume: bool, *, rank: int, dist) -> str | None:
-    """The Trainer checkpoint to continue from: the latest in ``checkpoints`` when it was made
-    with this ``config`` (and ``resume``), else None after rank 0 cleared the folder and recorded
-    ``config`` in it. Every rank gets the same answer."""
-    import json
-    import shutil
-    from pathlib import Path
-
-    from mint._io import atomic_write_json
-    from mint.model.distributed import barrier
-
-    checkpoints = Path(checkpoints)
-    record = checkpoints / "mint_config.json"
-    found = None
-    if resume and record.is_file():
-        try:
-            same = json.loads(record.read_text()) == json.loads(json.dumps(config))
-        except (OSError, ValueError):
-            same = False
-        done = sorted((p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()),
-                      key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
-        if same and done:
-            found = str(done[-1])
-        elif not same:
-            log.info("checkpoints in %s belong to other settings; starting over", checkpoints)
-    barrier(dist)  # every rank has looked
-    if found is None and rank == 0:
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        checkpoints.mkdir(parents=True)
-        atomic_write_json(record, config)
-    barrier(dist)
-    return found
-
-
 # Over 60 lines: the run reads top to bottom (model, data, plan, Trainer, outputs); splitting it
 # would only pass its dozen locals around.
 def run_training(examples, idx, w, config: dict, out, *, checkpoints, model_name_or_dir, device: str, dtype: str,
@@ -372,7 +341,7 @@ def run_training(examples, idx, w, config: dict, out, *, checkpoints, model_name
     from pathlib import Path
 
     from mint._io import versions
-    from mint.model.checkpoint import OPTIMIZER_FILE, save_optimizer_state
+    from mint.model.checkpoint import OPTIMIZER_FILE, history_of, resume_point, save_optimizer_state
     from mint.model.data import collate_ids, tokenize_examples
     from mint.model.distributed import process_group
     from mint.model.modeling import add_lora, load_model_and_tokenizer, resolve_model
@@ -393,7 +362,9 @@ def run_training(examples, idx, w, config: dict, out, *, checkpoints, model_name
     tensorboard = Path(out) / "tensorboard" if out is not None and "tensorboard" in report_to else None
     args = training_arguments(config, output_dir=checkpoints, n_steps=len(steps), device=device,
                               report_to=report_to or ["none"])
-    with kept_global_rngs():
+    with kept_global_rngs(), warnings.catch_warnings():
+        # transformers warns of its own renamed attribute when peft reads it; nothing for a user to change
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         if tensorboard is not None:
             os.environ["TENSORBOARD_LOGGING_DIR"] = str(tensorboard)  # read when the callback is built
         try:
@@ -403,7 +374,7 @@ def run_training(examples, idx, w, config: dict, out, *, checkpoints, model_name
         finally:
             os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
         if resume_from:
-            history.extend(_history_of(resume_from))
+            history.extend(history_of(resume_from))
         log.info("training LoRA on %d examples (%d optimizer steps of %d, weighting %s) on %s%s%s",
                  len(tokenized), len(steps), len(steps[0]), config["weighting"], device,
                  f" x {world} processes" if world > 1 else "", f", resuming from {resume_from}" if resume_from else "")
@@ -432,14 +403,3 @@ def run_training(examples, idx, w, config: dict, out, *, checkpoints, model_name
         "seconds": round(time.time() - started, 2),
         "train_seconds": round(trainer.loop_seconds, 2),  # the optimizer steps alone (no set-up)
     }
-
-
-HISTORY_FILE = "mint_history.json"  # mint's per-step records, in each Trainer checkpoint
-
-
-def _history_of(checkpoint: str) -> list[dict]:
-    import json
-    from pathlib import Path
-
-    path = Path(checkpoint) / HISTORY_FILE
-    return json.loads(path.read_text()) if path.is_file() else []

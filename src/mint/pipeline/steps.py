@@ -227,52 +227,15 @@ def warmup(ctx: Context) -> None:
               "dtype": cfg.model.dtype}
 
     def do(folder: Path) -> dict:
+        from mint.model.distributed import run_alone
+
         if ctx.run.world > 1:  # rank 0 alone, as one process: the adapter of a single-process run
-            _alone(warmup_call, cfg, ctx.train_path, folder)
+            run_alone(warmup_call, cfg, ctx.train_path, folder)
         else:
             warmup_call(cfg, ctx.train_path, folder)
         return {"dir": ctx.run.rel(folder)}
 
     ctx.infos["warmup"] = ctx.run.step("warmup", inputs, do)
-
-
-# What torchrun sets for its workers: without them a process is a single-process run.
-_TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
-                 "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT")
-
-
-def _alone(fn: Callable, *args: Any) -> None:
-    """``fn(*args)`` in a fresh process outside the torchrun job (spawned without torchrun's
-    environment), for a step whose result must not depend on the number of processes."""
-    import multiprocessing
-    import os
-
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k in _TORCHRUN_ENV or k.startswith("TORCHELASTIC_")}
-    try:
-        proc = multiprocessing.get_context("spawn").Process(target=_call_alone, args=(fn, _threads(), *args))
-        proc.start()
-    finally:
-        os.environ.update(saved)
-    proc.join()
-    if proc.exitcode != 0:
-        raise MintError(f"{getattr(fn, '__name__', fn)} failed in its own process (exit code {proc.exitcode}); "
-                        "its error is printed above")
-
-
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-def _call_alone(fn: Callable, threads: int, *args: Any) -> None:
-    import logging as logging_
-
-    import torch
-
-    logging_.basicConfig(level=logging_.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(threads)  # the parent's count: the same floating-point results
-    fn(*args)
 
 
 def grads(ctx: Context) -> None:
