@@ -1,6 +1,7 @@
 """`torchrun --nproc_per_node 2 -m mint run` (gloo, CPU, the tiny model): the same coreset files
-as one process, and a complete run folder and report. Gradients, selection and training run on
-both ranks, the warm-up on rank 0 as one process, the rest on rank 0 while rank 1 waits."""
+as one process, and a complete run folder and report. Gradients, selection, training and
+evaluation run on both ranks, the warm-up on rank 0 as one process, export and report on rank 0
+while rank 1 waits."""
 from __future__ import annotations
 
 import json
@@ -31,7 +32,7 @@ def _config(tmp_path, tiny_model_dir, name):
         "grads": {"proj_dim": 32},
         "selection": {"ratios": [0.25, 0.5]},
         "train": {"ratio": 0.25, "epochs": 1, "lr": 1e-3, "batch_size": 2},
-        "eval": {"generate": False},
+        "eval": {"generate": True, "max_new_tokens": 4, "generate_limit": 5, "batch_size": 2},
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -57,6 +58,11 @@ def test_torchrun_mint_run_gives_the_coreset_files_of_one_process(tmp_path, tiny
         assert (two / rel).read_bytes() == (one / rel).read_bytes(), rel
     assert json.loads((two / "grads" / "manifest.json").read_text())["info"]["world_size"] == 2
     assert json.loads((two / "train_coreset" / "manifest.json").read_text())["world_size"] == 2
+    # the held-out batches spread over the ranks give the one-process numbers (the base model: same weights)
+    base_one, base_two = (json.loads((d / "eval/base/metrics.json").read_text()) for d in (one, two))
+    for key in ("sft_loss", "pt_loss", "sft_token_loss", "n_examples"):
+        assert base_two[key] == base_one[key], key
+    assert (two / "eval/base/per_example.jsonl").read_bytes() == (one / "eval/base/per_example.jsonl").read_bytes()
     summary = json.loads((two / "summary.json").read_text())
     assert set(summary["metrics"]) == {"base", "coreset", "random"} and all(s for s in summary["steps"])
     report = (two / "report.md").read_text()

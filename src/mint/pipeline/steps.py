@@ -354,7 +354,8 @@ def evaluate(ctx: Context) -> None:
 
     for label in (["base"] if e.base else []) + list(ctx.trained):
         upstream = ctx.trained[label].key if label != "base" else None
-        info = ctx.run.step(f"eval/{label}", {**inputs, "adapter_step": upstream}, evaluator(label))
+        # every rank: the held-out batches are spread over them, rank 0 writes the metrics
+        info = ctx.run.step(f"eval/{label}", {**inputs, "adapter_step": upstream}, evaluator(label), every_rank=True)
         ctx.metrics[label] = read_json(ctx.run.abs(info.outputs["metrics"]))
 
 
