@@ -203,6 +203,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_model_dir, alpaca_file,
         ({"lora": {"r": 2}}, "lora must be a mint.model.modeling.LoraSettings, got dict"),
         ({"bf16": True, "fp16": True}, "bf16 and fp16 are both set"),
         ({"lr_scheduler_type": "sawtooth"}, "unknown lr_scheduler_type 'sawtooth'; use one of linear, cosine"),
+        ({"report_to": ["no_such_logger"]}, r"report_to no_such_logger is not a logging integration transformers knows"),
     ],
 )
 def test_bad_training_input(tiny_model_dir, alpaca_file, tmp_path, kwargs, pattern):

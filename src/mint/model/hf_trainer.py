@@ -360,17 +360,18 @@ def run_training(examples, idx, w, config: dict, out, *, checkpoints, model_name
     resume_from = resume_point(checkpoints, config, resume, rank=rank, dist=dist)
     history: list[dict] = []
     tensorboard = Path(out) / "tensorboard" if out is not None and "tensorboard" in report_to else None
-    args = training_arguments(config, output_dir=checkpoints, n_steps=len(steps), device=device,
-                              report_to=report_to or ["none"])
+    args = _refused_as_mint_error(training_arguments, config, report_to, device)(
+        config, output_dir=checkpoints, n_steps=len(steps), device=device, report_to=report_to or ["none"])
     with kept_global_rngs(), warnings.catch_warnings():
         # transformers warns of its own renamed attribute when peft reads it; nothing for a user to change
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         if tensorboard is not None:
             os.environ["TENSORBOARD_LOGGING_DIR"] = str(tensorboard)  # read when the callback is built
         try:
-            trainer = build_trainer(model, tokenized, steps, loss_coefficients(w, config["weighting"]),
-                                    ids=collate_ids(tokenizer), args=args, history=history,
-                                    checkpoint_seconds=checkpoint_seconds, progress=progress, desc=config["kind"])
+            trainer = _refused_as_mint_error(build_trainer, config, report_to, device)(
+                model, tokenized, steps, loss_coefficients(w, config["weighting"]), ids=collate_ids(tokenizer),
+                args=args, history=history, checkpoint_seconds=checkpoint_seconds, progress=progress,
+                desc=config["kind"])
         finally:
             os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
         if resume_from:
@@ -403,3 +404,16 @@ def run_training(examples, idx, w, config: dict, out, *, checkpoints, model_name
         "seconds": round(time.time() - started, 2),
         "train_seconds": round(trainer.loop_seconds, 2),  # the optimizer steps alone (no set-up)
     }
+
+
+def _refused_as_mint_error(fn, config: dict, report_to, device: str):
+    """``fn`` with the Trainer's own refusals of settings (fp16 without a GPU, an unknown
+    ``report_to`` name, ...) as `MintError`s naming the settings."""
+    def call(*a, **k):
+        try:
+            return fn(*a, **k)
+        except (ValueError, ImportError) as e:
+            raise MintError(f"transformers refused the training settings: {e} (bf16 {config.get('bf16', False)}, "
+                            f"fp16 {config.get('fp16', False)}, report_to {report_to}, device {device}); "
+                            "change them") from e
+    return call

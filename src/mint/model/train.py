@@ -199,6 +199,7 @@ def train_lora(
     lora = _check_options(weighting=weighting, batch_size=batch_size, grad_accum=grad_accum, epochs=epochs, lr=lr,
                           warmup_ratio=warmup_ratio, lora=lora, bf16=bf16, fp16=fp16,
                           lr_scheduler_type=lr_scheduler_type)
+    report = _report_to(report_to)
     rank, world, dist = process_group()
     data_path, output_dir = Path(data_path), Path(output_dir)
     check_writable(output_dir)
@@ -224,7 +225,6 @@ def train_lora(
     if done:
         log.info("%s already holds this finished run; nothing to do", output_dir)
         return output_dir
-    report = [report_to] if isinstance(report_to, str) else list(report_to or [])
     run = dict(model_name_or_dir=model_name_or_dir, device=device, dtype=dtype, lora=lora, progress=progress,
                checkpoint_seconds=checkpoint_seconds, assistant_turns=assistant_turns, report_to=report,
                resume=resume_from_checkpoint)
@@ -292,6 +292,25 @@ def _check_options(*, weighting, batch_size, grad_accum, epochs, lr, warmup_rati
     if not isinstance(lora, LoraSettings):
         raise MintError(f"lora must be a mint.model.modeling.LoraSettings, got {type(lora).__name__}")
     return lora
+
+
+def _report_to(report_to) -> list[str]:
+    """``report_to`` as a list of transformers' logging integrations, refused before any work when
+    a name is unknown or its package is missing."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    report = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    unknown = [name for name in report if name not in ("none", "all", *INTEGRATION_TO_CALLBACK)]
+    if unknown:
+        raise MintError(f"report_to {', '.join(unknown)} is not a logging integration transformers knows; use "
+                        f"none or some of {', '.join(INTEGRATION_TO_CALLBACK)}")
+    if "tensorboard" in report:
+        import importlib.util
+
+        if not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+            raise MintError("report_to tensorboard needs the tensorboard package; install it with: "
+                            "pip install 'mint-coreset[tensorboard]' (or set report_to none)")
+    return report
 
 
 def _train_config(*, kind, base_model, data_path: Path, data_settings: dict, n_records: int, idx, w, weighting,
