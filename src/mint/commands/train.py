@@ -51,6 +51,7 @@ def _pick(args: argparse.Namespace, cfg):
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from mint.commands.session import output_folder
@@ -62,5 +63,6 @@ def run(args: argparse.Namespace) -> int:
     with output_folder(args, args.output_dir):
         out = train_call(cfg, Path(cfg.data.train), Path(args.output_dir), indices=indices, weights=weights,
                          weighting=weighting, overwrite=args.overwrite, progress=not args.no_progress)
-    print(summary("train", out))
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun, rank 0 speaks for the job
+        print(summary("train", out))
     return 0

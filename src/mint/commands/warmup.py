@@ -30,6 +30,7 @@ def summary(kind: str, out) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from mint.commands.session import output_folder
@@ -40,5 +41,6 @@ def run(args: argparse.Namespace) -> int:
     with output_folder(args, args.output_dir):
         out = warmup_call(cfg, Path(cfg.data.train), Path(args.output_dir), overwrite=args.overwrite,
                           progress=not args.no_progress)
-    print(summary("warmup", out))
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun, rank 0 speaks for the job
+        print(summary("warmup", out))
     return 0
