@@ -31,6 +31,7 @@ def test_selection_benchmark_modes_run(mode, tmp_path):
 
 @pytest.mark.parametrize("script,extra", [
     ("train.py", ["--n", "8", "--max_length", "64", "--batch_sizes", "1", "4"]),
+    ("train.py", ["--memory", "--memory_length", "64", "--memory_steps", "1"]),
     ("gradients.py", ["--n", "8", "--max_length", "64", "--proj_dim", "64", "--batch_size", "4"]),
 ])
 def test_model_benchmarks_run_on_the_tiny_model(script, extra, tiny_model_dir, alpaca_file, tmp_path):

@@ -12,6 +12,9 @@ PROJECTIONS = ("rademacher", "gaussian")  # random projection entries
 METHODS = ("mint", "craig", "pt", "ifl", "random")  # selection methods
 ALPHA_METHODS = ("plateau", "plateau_scaled", "golden")  # automatic alpha
 WEIGHTINGS = ("loss", "sampling", "none")  # how coreset weights enter training
+# transformers' schedulers that need no extra arguments (its `SchedulerType` names)
+LR_SCHEDULER_TYPES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                      "inverse_sqrt")
 FEATURE_KINDS = ("sft", "pt", "ifl")  # the three gradient features
 SELECTION_STRATEGIES = ("auto", "exact", "partitioned")  # one N x N matrix, or parts of bounded size
 MATERIALIZE = ("none", "replicate", "resample")  # exports for trainers that ignore weights

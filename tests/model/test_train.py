@@ -127,59 +127,65 @@ def test_resume_refuse_and_overwrite(tiny_model_dir, alpaca_file, tmp_path):
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
 
-def test_interrupt_leaves_no_output(tiny_model_dir, alpaca_file, tmp_path, monkeypatch):
-    import mint.model.train as train_mod
+def _count_forwards(monkeypatch, stop):
+    """Count the Trainer's forward passes; KeyboardInterrupt at pass number ``stop[0]`` (None: never)."""
+    import mint.model.hf_trainer as hf
 
-    calls = []
+    real, calls = hf.response_losses, []
 
-    def interrupted(*a, **k):
+    def counting(*a, **k):
         calls.append(1)
-        if len(calls) == 2:
+        if stop[0] and len(calls) == stop[0]:
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    real = train_mod.accumulate_step
-    monkeypatch.setattr(train_mod, "accumulate_step", interrupted)
+    monkeypatch.setattr(hf, "response_losses", counting)
+    return calls
+
+
+def test_interrupt_leaves_no_output(tiny_model_dir, alpaca_file, tmp_path, monkeypatch):
+    _count_forwards(monkeypatch, [2])
     with pytest.raises(KeyboardInterrupt):
         train_lora(tiny_model_dir, alpaca_file, tmp_path / "run", **FAST)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl"]
 
 
 def test_interrupted_run_resumes_to_the_same_result(tiny_model_dir, alpaca_file, tmp_path, monkeypatch):
-    import mint.model.train as train_mod
-
+    """Killed after a Trainer checkpoint, the run resumes from it (resume_from_checkpoint) to
+    the bytes of an uninterrupted run; a checkpoint of other settings is not resumed."""
     opts = {**FAST, "epochs": 2, "lora": LoraSettings(r=2, alpha=4, dropout=0.1), "checkpoint_seconds": 0}
     whole = train_lora(tiny_model_dir, alpaca_file, tmp_path / "whole", **opts)  # 12 steps
 
-    real, calls = train_mod.accumulate_step, []
-
-    def counting(*a, **k):
-        calls.append(1)
-        if stop_at and len(calls) == stop_at:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(train_mod, "accumulate_step", counting)
-    stop_at = 8
+    stop = [8]
+    calls = _count_forwards(monkeypatch, stop)
     with pytest.raises(KeyboardInterrupt):
         train_lora(tiny_model_dir, alpaca_file, tmp_path / "run", **opts)
-    assert not (tmp_path / "run").exists() and (tmp_path / ".run.checkpoint.pt").is_file()
+    assert not (tmp_path / "run").exists()
+    assert (tmp_path / ".run.checkpoints" / "checkpoint-7" / "trainer_state.json").is_file()
     calls.clear()
-    stop_at = None
+    stop[0] = None
     out = train_lora(tiny_model_dir, alpaca_file, tmp_path / "run", **opts)
     assert len(calls) == 12 - 7  # steps 8..12 only
     for name in ("adapter/adapter_model.safetensors", "optimizer.safetensors"):
         assert (out / name).read_bytes() == (whole / name).read_bytes(), name
     assert read_train_manifest(out)["history"] == read_train_manifest(whole)["history"]
-    assert not (tmp_path / ".run.checkpoint.pt").exists()
-    # a checkpoint of other settings is ignored
+    assert not (tmp_path / ".run.checkpoints").exists()
+    # a checkpoint of other settings is ignored, and so is one with resume_from_checkpoint=False
     calls.clear()
-    stop_at = 3
+    stop[0] = 3
     with pytest.raises(KeyboardInterrupt):
         train_lora(tiny_model_dir, alpaca_file, tmp_path / "other", **opts)
     calls.clear()
-    stop_at = None
+    stop[0] = None
     train_lora(tiny_model_dir, alpaca_file, tmp_path / "other", **{**opts, "lr": 2e-3})
+    assert len(calls) == 12
+    calls.clear()
+    stop[0] = 3
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(tiny_model_dir, alpaca_file, tmp_path / "again", **opts)
+    calls.clear()
+    stop[0] = None
+    train_lora(tiny_model_dir, alpaca_file, tmp_path / "again", resume_from_checkpoint=False, **opts)
     assert len(calls) == 12
 
 
@@ -195,6 +201,9 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_model_dir, alpaca_file,
         ({"batch_size": 0}, "batch_size must be a positive integer"),
         ({"epochs": 0}, "epochs must be > 0"),
         ({"lora": {"r": 2}}, "lora must be a mint.model.modeling.LoraSettings, got dict"),
+        ({"bf16": True, "fp16": True}, "bf16 and fp16 are both set"),
+        ({"lr_scheduler_type": "sawtooth"}, "unknown lr_scheduler_type 'sawtooth'; use one of linear, cosine"),
+        ({"report_to": ["no_such_logger"]}, r"report_to no_such_logger is not a logging integration transformers knows"),
     ],
 )
 def test_bad_training_input(tiny_model_dir, alpaca_file, tmp_path, kwargs, pattern):

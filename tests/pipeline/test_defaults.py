@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 
-from mint.pipeline.config import RunConfig
+from mint.pipeline.config import TRAINER_KEYS, RunConfig
 
 CFG = RunConfig()
 RENDER = {"max_length": CFG.data.max_length, "template": CFG.data.template, "schema": CFG.data.schema,
@@ -33,7 +33,8 @@ def _cases():
     return [
         (run_warmup, {"sample_ratio": w.sample_ratio, "epochs": w.epochs, "lr": w.lr, "seed": CFG.seed}),
         (train_lora, {"epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
-                      "weighting": t.weighting, "seed": CFG.seed, **RENDER, **MODEL}),
+                      "weighting": t.weighting, "seed": CFG.seed, **RENDER, **MODEL,
+                      **{key: getattr(t, key) for key in TRAINER_KEYS}}),
         (compute_features, {"proj_dim": g.proj_dim, "grad_type": g.grad_type, "batch_size": g.batch_size,
                             "seed": CFG.seed, **RENDER, **MODEL}),
         (evaluate, {"batch_size": e.batch_size, "generate": e.generate, "max_new_tokens": e.max_new_tokens,

@@ -66,6 +66,9 @@ def test_mint_run_end_to_end_then_nothing_to_do_then_only_affected_steps(run_con
     assert summary["k"] == 8 and set(summary["metrics"]) == {"base", "coreset", "random"}
     report = (run_dir / "report.md").read_text()
     assert "| MINT coreset |" in report and "| random subset (same size) |" in report and "Time per step" in report
+    # the training-loss curves of the warm-up and both trained models, from their Trainer log histories
+    assert "![training loss](training_loss.png)" in report and "(warm-up, coreset, random)" in report
+    assert (run_dir / "training_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the exported coreset is the trained one, and its weights sum to N
     exported = [json.loads(x) for x in (run_dir / "export/coreset_0.25.jsonl").read_text().splitlines()]
     assert len(exported) == 8 and sum(r["weight"] for r in exported) == 32
@@ -221,3 +224,27 @@ def test_mint_run_reads_a_save_to_disk_folder(tmp_path, tiny_model_dir):
     assert result.steps["train_coreset"].outputs["n_train"] == 6
     with pytest.raises(FileNotFoundError, match="data file not found: .*nowhere_ds \\(config key data.train\\)"):
         run_pipeline(load_config(None, {**overrides, "data.train": str(tmp_path / "nowhere_ds")}))
+
+
+def test_a_proxy_model_selects_and_the_named_model_trains(run_config, tmp_path, tiny_model_dir):
+    """model.proxy: the warm-up and the features use the proxy, training and evaluation model.name;
+    the report says which did what."""
+    from conftest import build_tiny_model, build_tiny_tokenizer
+
+    proxy = tmp_path / "proxy_model"
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model(len(tok), seed=1)  # other weights, the same tokenizer family
+    model.config.bos_token_id, model.config.eos_token_id = tok.bos_token_id, tok.eos_token_id
+    model.config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(proxy)
+    tok.save_pretrained(proxy)
+    cfg = load_config(run_config, {"model.proxy": str(proxy), "train.random_baseline": False, "eval.generate": False})
+    result = run_pipeline(cfg)
+    run_dir = result.run_dir
+    manifest = lambda rel: json.loads((run_dir / rel / "manifest.json").read_text())  # noqa: E731
+    assert manifest("warmup")["config"]["base_model"] == str(proxy)
+    assert manifest("grads")["settings"]["model"] == str(proxy)
+    assert manifest("train_coreset")["config"]["base_model"] == str(tiny_model_dir)
+    report = (run_dir / "report.md").read_text()
+    assert f"selected with `{proxy}`" in report and f"trained and evaluated: `{tiny_model_dir}`" in report
+    assert json.loads((run_dir / "summary.json").read_text())["selection_model"] == str(proxy)

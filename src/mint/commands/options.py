@@ -111,6 +111,13 @@ LORA_KEYS = (("lora.r", "--lora_r"), ("lora.alpha", "--lora_alpha"), ("lora.drop
              ("lora.target_modules", "--target_modules"))
 
 
+def trainer_keys(section: str) -> list[str]:
+    """The Trainer settings of a section (`warmup` or `train`): `--train.bf16`, `--train.report_to`, ..."""
+    from mint.pipeline.config import TRAINER_KEYS
+
+    return [f"{section}.{key}" for key in TRAINER_KEYS]
+
+
 def apply_threads(cfg) -> None:
     """`threads` (torch CPU threads), applied here at the command-line edge, never inside the library."""
     if cfg.threads:

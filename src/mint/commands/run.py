@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     import yaml
 
     from mint.pipeline.config import load_config, parse_overrides
@@ -59,5 +61,6 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(cfg)
     with output_folder(args, cfg.output_dir) as log_file:
         result = run_pipeline(cfg, overwrite=args.overwrite, log_file=log_file)
-    print(short_summary(result.run_dir))
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun, rank 0 speaks for the job
+        print(short_summary(result.run_dir))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from mint.commands.options import (DATA_HELP, LORA_KEYS, MODEL_KEYS, RENDER_KEYS, add_config_options, add_output_options,
-                                   apply_threads, config_from_args)
+                                   apply_threads, config_from_args, trainer_keys)
 from mint.commands.warmup import summary
 
 HELP = "LoRA fine-tuning on a weighted coreset (--coreset), a random subset (--random RATIO), or all the data"
@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "baseline at the same ratio and seed)")
     add_config_options(parser, [("data.train", "--data"), *MODEL_KEYS, *LORA_KEYS, *RENDER_KEYS, "seed", "threads",
                                 ("train.weighting", "--weighting"), ("train.epochs", "--epochs"), ("train.lr", "--lr"),
-                                ("train.batch_size", "--batch_size"), ("train.grad_accum", "--grad_accum")],
+                                ("train.batch_size", "--batch_size"), ("train.grad_accum", "--grad_accum"),
+                                *trainer_keys("train")],
                        required=["data.train"], overrides=DATA_HELP)
     add_output_options(parser, "output folder (adapter/, optimizer.safetensors, manifest.json)")
 
@@ -50,6 +51,7 @@ def _pick(args: argparse.Namespace, cfg):
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from mint.commands.session import output_folder
@@ -61,5 +63,6 @@ def run(args: argparse.Namespace) -> int:
     with output_folder(args, args.output_dir):
         out = train_call(cfg, Path(cfg.data.train), Path(args.output_dir), indices=indices, weights=weights,
                          weighting=weighting, overwrite=args.overwrite, progress=not args.no_progress)
-    print(summary("train", out))
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun, rank 0 speaks for the job
+        print(summary("train", out))
     return 0

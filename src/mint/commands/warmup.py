@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from mint.commands.options import (DATA_HELP, LORA_KEYS, MODEL_KEYS, RENDER_KEYS, add_config_options, add_output_options,
-                                   apply_threads, config_from_args)
+                                   apply_threads, config_from_args, trainer_keys)
 
 HELP = "warm a LoRA adapter up on a random sample of the data (adapter + AdamW state for `mint grads`)"
 
@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_options(parser, [("data.train", "--data"), *MODEL_KEYS, *LORA_KEYS, *RENDER_KEYS, "seed", "threads",
                                 ("warmup.sample_ratio", "--sample_ratio"), ("warmup.epochs", "--epochs"),
                                 ("warmup.lr", "--lr"), ("warmup.batch_size", "--batch_size"),
-                                ("warmup.grad_accum", "--grad_accum")], required=["data.train"], overrides=DATA_HELP)
+                                ("warmup.grad_accum", "--grad_accum"), *trainer_keys("warmup")],
+                       required=["data.train"], overrides=DATA_HELP)
     add_output_options(parser, "output folder (adapter/, optimizer.safetensors, manifest.json)")
 
 
@@ -29,6 +30,7 @@ def summary(kind: str, out) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from mint.commands.session import output_folder
@@ -39,5 +41,6 @@ def run(args: argparse.Namespace) -> int:
     with output_folder(args, args.output_dir):
         out = warmup_call(cfg, Path(cfg.data.train), Path(args.output_dir), overwrite=args.overwrite,
                           progress=not args.no_progress)
-    print(summary("warmup", out))
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun, rank 0 speaks for the job
+        print(summary("warmup", out))
     return 0

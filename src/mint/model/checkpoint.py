@@ -1,6 +1,6 @@
 """The files of a training run besides the adapter: the final AdamW state (``optimizer.safetensors``,
-which the warm-up hands to the gradient features) and the mid-run checkpoint an interrupted
-`mint.model.train.train_lora` resumes from.
+which the warm-up hands to the gradient features), and which of the Trainer's mid-run checkpoints
+(``.<output>.checkpoints/checkpoint-<step>``, written by `mint.model.hf_trainer`) a run resumes from.
 
 ``optimizer.safetensors`` holds the AdamW state keyed by the adapter's parameter names
 (``<key>.exp_avg``, ``<key>.exp_avg_sq``, ``<key>.step``), with betas, eps and step as JSON in
@@ -16,7 +16,8 @@ from typing import Any
 
 from mint.errors import MintError
 
-__all__ = ["OPTIMIZER_FILE", "save_optimizer_state", "load_optimizer_state", "save_checkpoint", "load_checkpoint"]
+__all__ = ["OPTIMIZER_FILE", "HISTORY_FILE", "save_optimizer_state", "load_optimizer_state", "resume_point",
+           "history_of"]
 
 log = logging.getLogger(__name__)
 
@@ -85,67 +86,50 @@ def load_optimizer_state(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Mid-run checkpoints
+# The Trainer's checkpoints
 
 
-def save_checkpoint(path: Path, config: dict, step: int, model, optimizer, scheduler, history) -> None:
-    """Everything a run needs to continue after optimizer step ``step``, torch's RNG included."""
-    import io
+def resume_point(checkpoints, config: dict, resume: bool, *, rank: int, dist) -> str | None:
+    """The Trainer checkpoint to continue from: the latest in ``checkpoints`` when it was made
+    with this ``config`` (and ``resume``), else None after rank 0 cleared the folder and recorded
+    ``config`` in it. Every rank gets the same answer."""
+    import json
+    import shutil
+    from pathlib import Path
 
-    import torch
+    from mint._io import atomic_write_json
+    from mint.model.distributed import barrier
 
-    from mint._io import atomic_write_bytes
-    from mint.model.modeling import lora_named_parameters
-
-    state = {
-        "config_json": json.dumps(config, sort_keys=True),
-        "step": step,
-        "lora": {k: p.detach().cpu().clone() for k, p in lora_named_parameters(model)},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        # CUDA generators only for a model on CUDA: a CPU run neither uses nor initialises them
-        "cuda_rng": torch.cuda.get_rng_state_all() if _on_cuda(model) else [],
-        "history_json": json.dumps(history),
-    }
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-    log.debug("checkpoint after step %d -> %s", step, path)
-
-
-def load_checkpoint(path: Path, config: dict, model, optimizer, scheduler, history: list) -> int:
-    """Restore the state saved by `save_checkpoint` when it belongs to this config; the number
-    of optimizer steps already done (0 when there is nothing to resume)."""
-    import torch
-
-    from mint.model.modeling import lora_named_parameters
-
-    if not path.is_file():
-        return 0
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a checkpoint is an optimisation: a broken one means starting over
-        log.warning("ignoring unreadable checkpoint %s (%s); starting over", path, e)
-        return 0
-    if state.get("config_json") != json.dumps(config, sort_keys=True):
-        log.info("checkpoint %s belongs to other settings; starting over", path)
-        return 0
-    params = dict(lora_named_parameters(model))
-    if set(params) != set(state["lora"]):
-        log.warning("checkpoint %s does not match the adapter; starting over", path)
-        return 0
-    with torch.no_grad():
-        for k, p in params.items():
-            p.copy_(state["lora"][k].to(p.device, p.dtype))
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] and _on_cuda(model):
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    history.extend(json.loads(state["history_json"]))
-    return int(state["step"])
+    checkpoints = Path(checkpoints)
+    record = checkpoints / "mint_config.json"
+    found = None
+    if resume and record.is_file():
+        try:
+            same = json.loads(record.read_text()) == json.loads(json.dumps(config))
+        except (OSError, ValueError):
+            same = False
+        done = sorted((p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()),
+                      key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+        if same and done:
+            found = str(done[-1])
+        elif not same:
+            log.info("checkpoints in %s belong to other settings; starting over", checkpoints)
+    barrier(dist)  # every rank has looked
+    if found is None and rank == 0:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        checkpoints.mkdir(parents=True)
+        atomic_write_json(record, config)
+    barrier(dist)
+    return found
 
 
-def _on_cuda(model) -> bool:
-    return next(model.parameters()).device.type == "cuda"
+HISTORY_FILE = "mint_history.json"  # mint's per-step records, in each Trainer checkpoint
+
+
+def history_of(checkpoint: str) -> list[dict]:
+    """mint's per-step records up to a checkpoint."""
+    import json
+    from pathlib import Path
+
+    path = Path(checkpoint) / HISTORY_FILE
+    return json.loads(path.read_text()) if path.is_file() else []

@@ -104,6 +104,24 @@ def _summary(sft: list[float], pt: list[float], counts: list[int]) -> dict[str, 
     }
 
 
+def _my_batches(n_batches: int) -> tuple[list[int], Any]:
+    """The batch numbers of this process (under torchrun batch j goes to rank j % world size:
+    the same batches as one process, so the same numbers) and the process group (None alone)."""
+    from mint.model.distributed import process_group
+
+    rank, world, dist = process_group()
+    return [j for j in range(n_batches) if j % world == rank], dist
+
+
+def _gathered(mine: dict, dist) -> dict:
+    """Every rank's ``{batch: result}`` merged (``mine`` alone without a process group)."""
+    if dist is None:
+        return mine
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, mine)
+    return {j: r for part in parts for j, r in part.items()}
+
+
 def _losses(model, tokenized, ids, batch_size: int, desc: str) -> tuple[list[float], list[float]]:
     import torch
     from tqdm.auto import tqdm
@@ -111,17 +129,19 @@ def _losses(model, tokenized, ids, batch_size: int, desc: str) -> tuple[list[flo
     from mint.model.data import collate
     from mint.model.modeling import response_token_losses
 
-    sft, pt = [0.0] * len(tokenized), [0.0] * len(tokenized)
     # Batches of similar length waste less compute on padding; results are put back in order.
     order = sorted(range(len(tokenized)), key=lambda k: tokenized[k].sft_length)
+    chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    mine, dist = _my_batches(len(chunks))
+    done = {}
     with torch.no_grad():
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=None):
-            chunk = order[start:start + batch_size]
-            batch = [tokenized[k] for k in chunk]
-            for view, out in (("sft", sft), ("pt", pt)):
-                losses = response_token_losses(model, collate(batch, view, **ids)).tolist()
-                for k, value in zip(chunk, losses):
-                    out[k] = float(value)
+        for j in tqdm(mine, desc=desc, unit="batch", disable=None if dist is None or dist.get_rank() == 0 else True):
+            batch = [tokenized[k] for k in chunks[j]]
+            done[j] = [response_token_losses(model, collate(batch, view, **ids)).tolist() for view in ("sft", "pt")]
+    sft, pt = [0.0] * len(tokenized), [0.0] * len(tokenized)
+    for j, (sft_losses, pt_losses) in _gathered(done, dist).items():
+        for k, s, p in zip(chunks[j], sft_losses, pt_losses):
+            sft[k], pt[k] = float(s), float(p)
     return sft, pt
 
 
@@ -148,9 +168,12 @@ def _generate(model, tokenizer, tokenized, batch_size: int, max_new_tokens: int,
 
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
-    answers: list[str] = []
+    starts = list(range(0, len(tokenized), batch_size))
+    mine, dist = _my_batches(len(starts))
+    done: dict[int, list[str]] = {}
     with torch.no_grad():
-        for start in tqdm(range(0, len(tokenized), batch_size), desc="generate", unit="batch", disable=None):
+        for j in tqdm(mine, desc="generate", unit="batch", disable=None if dist is None or dist.get_rank() == 0 else True):
+            start = starts[j]
             prompts = [t.last_prompt_ids for t in tokenized[start:start + batch_size]]
             width = max(len(p) for p in prompts)
             input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
@@ -161,10 +184,12 @@ def _generate(model, tokenizer, tokenized, batch_size: int, max_new_tokens: int,
             out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                                  max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                  eos_token_id=stops if len(stops) > 1 else stops[0], pad_token_id=pad)
+            answers = done[j] = []
             for row in out[:, width:].tolist():
-                end = next((j for j, t in enumerate(row) if t in stops), len(row))
+                end = next((i for i, t in enumerate(row) if t in stops), len(row))
                 answers.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
-    return answers
+    done = _gathered(done, dist)
+    return [answer for j in range(len(starts)) for answer in done[j]]
 
 
 # Over 60 lines only by its signature (one keyword per option) and docstring; the body is ~50.
@@ -191,7 +216,9 @@ def evaluate(
     ``output_dir/metrics.json`` (and per-example numbers to ``per_example.jsonl``) when given.
 
     ``model_and_tokenizer`` reuses an already loaded base model (the adapter, if any, is applied
-    on top and removed again), which saves reloading it for every adapter of a run."""
+    on top and removed again), which saves reloading it for every adapter of a run. Under
+    torchrun every rank calls it: the batches are spread over the ranks (the numbers are those of
+    one process) and rank 0 writes the files."""
     from mint._io import atomic_write_json
     from mint.model.data import collate_ids, load_examples, token_settings, tokenize_examples
     from mint.model.modeling import load_lora, load_model_and_tokenizer
@@ -238,7 +265,7 @@ def evaluate(
     run_settings = {"batch_size": batch_size, "generate": generate, "max_new_tokens": max_new_tokens,
                     "generate_limit": generate_limit, "dtype": str(param.dtype), "device": str(param.device)}
     metrics["provenance"] = _provenance(model_name_or_dir, adapter, data_path, settings, run_settings, started=t0)
-    if output_dir is not None:
+    if output_dir is not None and int(os.environ.get("RANK", "0") or 0) == 0:  # torchrun: rank 0 writes
         out = Path(output_dir)
         write_jsonl(out / PREDICTIONS_FILE, per_example)
         atomic_write_json(out / METRICS_FILE, metrics)

@@ -1,29 +1,32 @@
 """Weighted LoRA training: the warm-up (a random sample, unit weights) and the final training on
-a coreset (indices + weights) share this one code path.
+a coreset (indices + weights) share this one code path, run by `transformers.Trainer`
+(`mint.model.hf_trainer`; docs/design.md section 5).
 
 The loss of one optimizer step is
 
     sum over the examples i in the step of  c_i * l_i / n_step,      c_i = w_i / mean(w)
 
 where ``l_i`` is example i's response-token mean loss, the mean of ``w`` is taken over the whole
-coreset and ``n_step`` is the number of examples in the step (``batch_size * grad_accum``, fewer
-in the last one). The update therefore depends on the weights and not on how a step is split into
-forward passes. With ``weighting="sampling"`` the examples are drawn with probability proportional
-to ``w`` (with replacement, as many per epoch as the coreset has) and ``c_i = 1``; with ``none``,
-``c_i = 1``.
+coreset and ``n_step`` is the number of examples in the step (``batch_size * grad_accum *
+world_size``, fewer in the last one). The update therefore depends on the weights and not on how
+a step is split into forward passes or processes. With ``weighting="sampling"`` the examples are
+drawn with probability proportional to ``w`` (with replacement, as many per epoch as the coreset
+has) and ``c_i = 1``; with ``none``, ``c_i = 1``. `accumulate_step` is the plain reference of one
+step (a loop of forward/backward passes), which the tests and bench/train.py compare against.
 
 Output folder:
 
 - ``adapter/``: the LoRA adapter (peft ``save_pretrained``);
 - ``optimizer.safetensors``: the AdamW state keyed by the adapter's parameter names (written and
-  read by `mint.model.checkpoint`, which also keeps the mid-run checkpoint);
-- ``manifest.json``: config, data fingerprint, base model, versions, seed, loss history; written
-  last, so its presence marks a finished run.
+  read by `mint.model.checkpoint`);
+- ``tensorboard/``: the Trainer's event files, with ``report_to`` tensorboard;
+- ``manifest.json``: config, data fingerprint, base model, versions, seed, loss history (mint's
+  per step and the Trainer's ``log_history``); written last, so its presence marks a finished run.
 
 The folder is built under a temporary name and renamed when complete: Ctrl-C leaves nothing
-half-written, and a second call with the same settings returns at once. Training seeds torch's
-generators inside the call only (`mint.model.modeling.seeded_torch`): the caller's are left as
-they were.
+half-written (but the Trainer checkpoint beside it, which a rerun resumes from), and a second
+call with the same settings returns at once. Training seeds torch's generators inside the call
+only (`mint.model.modeling.seeded_torch`): the caller's are left as they were.
 """
 from __future__ import annotations
 
@@ -32,17 +35,16 @@ import logging
 import math
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mint._io import atomic_write_json, read_json, sha256_bytes, versions
+from mint._io import atomic_write_json, read_json, sha256_bytes
 from mint._folders import check_writable, new_temp_folder, own_entries, publish_folder, remove_stale_temps
-from mint.choices import WEIGHTINGS
+from mint.choices import LR_SCHEDULER_TYPES, WEIGHTINGS
 from mint.errors import MintError
-from mint.model.checkpoint import OPTIMIZER_FILE, load_checkpoint, save_checkpoint, save_optimizer_state
+from mint.model.distributed import barrier
 from mint.model.modeling import LoraSettings  # light: modeling imports torch/transformers/peft inside functions
 from mint.records import check_subset, source_format, source_sha256
 
@@ -153,6 +155,12 @@ def train_lora(
     weight_decay: float = 0.0,
     warmup_ratio: float = 0.03,
     max_grad_norm: float | None = 1.0,
+    lr_scheduler_type: str = "linear",
+    gradient_checkpointing: bool = False,
+    bf16: bool = False,
+    fp16: bool = False,
+    report_to: Sequence[str] | str = ("none",),
+    resume_from_checkpoint: bool = True,
     device: str = "auto",
     dtype: str = "auto",
     overwrite: bool = False,
@@ -167,19 +175,32 @@ def train_lora(
     indices: record indices to train on (None: all), or a function of the number of records
     returning them (a seeded sample drawn without reading the data twice, as the warm-up does).
     epochs: passes over the subset (fractions allowed: the example stream is cut there).
-    lr: AdamW learning rate, with linear warm-up over ``warmup_ratio`` of the steps and linear
-    decay to 0. batch_size: examples per forward pass; grad_accum: forward passes per optimizer
-    step (the update does not depend on the split). lora: a `mint.model.modeling.LoraSettings` (None:
-    its defaults). max_grad_norm: gradient clipping (None: off). checkpoint_seconds: how often
-    the mid-run state (LoRA weights, optimizer, schedule, RNG) is saved beside ``output_dir``; an
-    interrupted run with the same settings continues from it and ends with the same adapter as an
-    uninterrupted one. ``extra``: more provenance for the manifest (kept out of the resume check).
+    lr: AdamW learning rate, warmed up over ``warmup_ratio`` of the steps (the floor) and then
+    decayed by ``lr_scheduler_type`` (a transformers scheduler name: linear, cosine, constant_with_warmup,
+    ...). batch_size: examples per forward pass and process; grad_accum: forward passes per
+    optimizer step (the update does not depend on the split, nor on the number of processes under
+    torchrun; a step holds ``batch_size * grad_accum * world_size`` examples). lora: a
+    `mint.model.modeling.LoraSettings` (None: its defaults). max_grad_norm: gradient clipping (None:
+    off). gradient_checkpointing, bf16, fp16, report_to: as `transformers.TrainingArguments` names
+    them (bf16/fp16: mixed precision over float32 LoRA weights, fp16 with loss scaling; report_to:
+    "tensorboard", "wandb", ... or None; TensorBoard writes into ``output_dir/tensorboard``).
+    checkpoint_seconds: how often a Trainer checkpoint (LoRA weights, optimizer, schedule, RNG) is
+    saved beside ``output_dir``; with ``resume_from_checkpoint`` an interrupted run with the same
+    settings continues from it and ends with the same adapter as an uninterrupted one (False:
+    start over). ``extra``: more provenance for the manifest (kept out of the resume check).
+    Under torchrun every rank calls this with the same arguments; rank 0 writes ``output_dir``.
     """
     from mint.model.data import load_examples, token_settings
+    from mint.model.hf_trainer import run_training
     from mint.model.modeling import resolve_device, resolve_dtype, seeded_torch
 
+    from mint.model.distributed import process_group
+
     lora = _check_options(weighting=weighting, batch_size=batch_size, grad_accum=grad_accum, epochs=epochs, lr=lr,
-                          warmup_ratio=warmup_ratio, lora=lora)
+                          warmup_ratio=warmup_ratio, lora=lora, bf16=bf16, fp16=fp16,
+                          lr_scheduler_type=lr_scheduler_type)
+    report = _report_to(report_to)
+    rank, world, dist = process_group()
     data_path, output_dir = Path(data_path), Path(output_dir)
     check_writable(output_dir)
 
@@ -188,6 +209,8 @@ def train_lora(
         indices = indices(len(examples))
     idx, w = check_subset(indices, weights, len(examples), source="coreset")
     device = resolve_device(device)
+    if world > 1 and device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"  # one GPU per process
     # the detected schema, so that "auto" and an explicit schema name give the same fingerprint
     data_settings = token_settings(examples, template=template, max_length=max_length, long_prompts=long_prompts,
                                    assistant_turns=assistant_turns)
@@ -195,22 +218,29 @@ def train_lora(
         kind=kind, base_model=model_name_or_dir, data_path=data_path, data_settings=data_settings,
         n_records=len(examples), idx=idx, w=w, weighting=weighting, epochs=epochs, lr=lr, batch_size=batch_size,
         grad_accum=grad_accum, lora=lora, seed=seed, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
-        max_grad_norm=max_grad_norm, torch_dtype=resolve_dtype(dtype, device))
-    if _prepare_output(output_dir, config, overwrite):
+        max_grad_norm=max_grad_norm, torch_dtype=resolve_dtype(dtype, device), lr_scheduler_type=lr_scheduler_type,
+        gradient_checkpointing=gradient_checkpointing, bf16=bf16, fp16=fp16, world_size=world)
+    done = _prepare_output(output_dir, config, overwrite)
+    barrier(dist)  # every rank has looked before rank 0 changes anything
+    if done:
         log.info("%s already holds this finished run; nothing to do", output_dir)
+        return output_dir
+    run = dict(model_name_or_dir=model_name_or_dir, device=device, dtype=dtype, lora=lora, progress=progress,
+               checkpoint_seconds=checkpoint_seconds, assistant_turns=assistant_turns, report_to=report,
+               resume=resume_from_checkpoint)
+    if rank != 0:  # the other ranks train; rank 0 alone writes the folder
+        with seeded_torch(seed, device):
+            run_training(examples, idx, w, config, None, checkpoints=_checkpoints(output_dir), **run)
+        barrier(dist)
         return output_dir
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(output_dir)  # what a killed run left
-    # Mid-run state for resuming after an interruption; beside the output, removed once it is published.
-    checkpoint = output_dir.with_name(f".{output_dir.name}.checkpoint.pt")
+    output_dir.with_name(f".{output_dir.name}.checkpoint.pt").unlink(missing_ok=True)  # mint < 0.2's checkpoint
     tmp = new_temp_folder(output_dir)
     try:
         with seeded_torch(seed, device):  # LoRA init and dropout; the caller's generators are restored after
-            manifest = _train(examples, idx, w, config, tmp, model_name_or_dir=model_name_or_dir,
-                              device=device, dtype=dtype, lora=lora, progress=progress,
-                              checkpoint=checkpoint, checkpoint_seconds=checkpoint_seconds,
-                              assistant_turns=assistant_turns)
+            manifest = run_training(examples, idx, w, config, tmp, checkpoints=_checkpoints(output_dir), **run)
         manifest.update({
             "data": {"path": _absolute(data_path), "file_sha256": source_sha256(data_path),
                      "fingerprint": config["data_fingerprint"], "settings": data_settings},
@@ -219,11 +249,20 @@ def train_lora(
         np.save(tmp / "indices.npy", idx)  # which records were trained on, for inspection
         atomic_write_json(tmp / "manifest.json", manifest)  # last: marks the run finished
         publish_folder(tmp, output_dir)
-        checkpoint.unlink(missing_ok=True)
+        shutil.rmtree(_checkpoints(output_dir), ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not any(_checkpoints(output_dir).glob("checkpoint-*")):  # nothing to resume from
+            shutil.rmtree(_checkpoints(output_dir), ignore_errors=True)
         raise
+    finally:
+        barrier(dist)
     return output_dir
+
+
+def _checkpoints(output_dir: Path) -> Path:
+    """The Trainer's checkpoint folder of a run: beside its output, removed once it is published."""
+    return output_dir.with_name(f".{output_dir.name}.checkpoints")
 
 
 def _absolute(data_path: Path) -> str:
@@ -231,7 +270,8 @@ def _absolute(data_path: Path) -> str:
     return str(data_path) if source_format(data_path) == "hub" else str(data_path.resolve())
 
 
-def _check_options(*, weighting, batch_size, grad_accum, epochs, lr, warmup_ratio, lora) -> LoraSettings:
+def _check_options(*, weighting, batch_size, grad_accum, epochs, lr, warmup_ratio, lora, bf16, fp16,
+                   lr_scheduler_type) -> LoraSettings:
     """Refuse bad options before anything is read; the LoRA settings to use."""
     if weighting not in WEIGHTINGS:
         raise MintError(f"unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
@@ -244,16 +284,42 @@ def _check_options(*, weighting, batch_size, grad_accum, epochs, lr, warmup_rati
         raise MintError(f"lr must be > 0, got {lr!r}")
     if not 0.0 <= warmup_ratio < 1.0:
         raise MintError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
+    if bf16 and fp16:
+        raise MintError("bf16 and fp16 are both set; choose one mixed precision (or neither)")
+    if lr_scheduler_type not in LR_SCHEDULER_TYPES:
+        raise MintError(f"unknown lr_scheduler_type {lr_scheduler_type!r}; use one of {', '.join(LR_SCHEDULER_TYPES)}")
     lora = lora if lora is not None else LoraSettings()
     if not isinstance(lora, LoraSettings):
         raise MintError(f"lora must be a mint.model.modeling.LoraSettings, got {type(lora).__name__}")
     return lora
 
 
+def _report_to(report_to) -> list[str]:
+    """``report_to`` as a list of transformers' logging integrations, refused before any work when
+    a name is unknown or its package is missing."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    report = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    unknown = [name for name in report if name not in ("none", "all", *INTEGRATION_TO_CALLBACK)]
+    if unknown:
+        raise MintError(f"report_to {', '.join(unknown)} is not a logging integration transformers knows; use "
+                        f"none or some of {', '.join(INTEGRATION_TO_CALLBACK)}")
+    if "tensorboard" in report:
+        import importlib.util
+
+        if not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+            raise MintError("report_to tensorboard needs the tensorboard package; install it with: "
+                            "pip install 'mint-coreset[tensorboard]' (or set report_to none)")
+    return report
+
+
 def _train_config(*, kind, base_model, data_path: Path, data_settings: dict, n_records: int, idx, w, weighting,
                   epochs, lr, batch_size, grad_accum, lora: LoraSettings, seed, weight_decay, warmup_ratio,
-                  max_grad_norm, torch_dtype) -> dict:
-    """What determines the result: the resume check compares it, the manifest records it."""
+                  max_grad_norm, torch_dtype, lr_scheduler_type="linear", gradient_checkpointing=False, bf16=False,
+                  fp16=False, world_size=1) -> dict:
+    """What determines the result: the resume check compares it, the manifest records it. The
+    Trainer's settings enter only when they differ from the defaults, so that a run made before
+    they existed still matches its settings."""
     from mint.model.data import dataset_fingerprint
 
     return {
@@ -276,59 +342,11 @@ def _train_config(*, kind, base_model, data_path: Path, data_settings: dict, n_r
         "warmup_ratio": float(warmup_ratio),
         "max_grad_norm": None if max_grad_norm is None else float(max_grad_norm),
         "dtype": str(torch_dtype).replace("torch.", ""),
-    }
-
-
-def _train(examples, idx, w, config, out: Path, *, model_name_or_dir, device, dtype, lora, progress,
-           checkpoint: Path, checkpoint_seconds: float, assistant_turns: str) -> dict:
-    """The run itself, inside the caller's `seeded_torch` block: the adapter and optimizer state
-    into ``out``; the manifest (less the data entry)."""
-    import torch
-    from transformers import get_linear_schedule_with_warmup
-
-    from mint.model.data import collate_ids, tokenize_examples
-    from mint.model.modeling import add_lora, load_model_and_tokenizer, lora_named_parameters, resolve_model
-
-    started = time.time()
-    rng = np.random.default_rng(config["seed"])  # example order
-    model, tokenizer = load_model_and_tokenizer(model_name_or_dir, device=device, dtype=dtype)
-    model = add_lora(model, lora)
-    model.train()
-    tokenized = tokenize_examples([examples[i] for i in idx], tokenizer, max_length=config["max_length"],
-                                  template=config["template"], long_prompts=config["long_prompts"],
-                                  assistant_turns=assistant_turns,
-                                  progress=progress)
-    n_total, steps = _example_steps(len(tokenized), config, w, rng)
-    params = [p for _, p in lora_named_parameters(model)]
-    betas, eps = (0.9, 0.999), 1e-8  # torch/transformers AdamW defaults
-    optimizer = torch.optim.AdamW(params, lr=config["lr"], betas=betas, eps=eps, weight_decay=config["weight_decay"])
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config["warmup_ratio"] * len(steps)), len(steps))
-    history: list[dict] = []
-    done = load_checkpoint(checkpoint, config, model, optimizer, scheduler, history)
-    log.info("training LoRA on %d examples (%d optimizer steps of %d, weighting %s) on %s%s",
-             len(tokenized), len(steps), config["batch_size"] * config["grad_accum"], config["weighting"], device,
-             f", resuming after step {done}" if done else "")
-    loop_start = time.time()
-    _run_steps(model, tokenized, steps, done, loss_coefficients(w, config["weighting"]), collate_ids(tokenizer),
-               params=params, optimizer=optimizer, scheduler=scheduler, history=history, config=config,
-               checkpoint=checkpoint, checkpoint_seconds=checkpoint_seconds, progress=progress)
-    loop_end = time.time()
-
-    model.save_pretrained(out / "adapter")
-    save_optimizer_state(model, optimizer, out / OPTIMIZER_FILE, betas=betas, eps=eps)
-    return {
-        "format": MANIFEST_FORMAT,
-        "config": config,
-        "base_model": {"name": config["base_model"], "path": str(resolve_model(model_name_or_dir))},
-        "n_steps": len(steps),
-        "n_examples_seen": n_total,
-        "n_truncated": int(sum(t.truncated for t in tokenized)),
-        "history": history,
-        "final_loss": history[-1]["loss"] if history else None,
-        "device": device,
-        "versions": versions(),
-        "seconds": round(time.time() - started, 2),
-        "train_seconds": round(loop_end - loop_start, 2),  # the optimizer steps alone
+        **({"lr_scheduler_type": lr_scheduler_type} if lr_scheduler_type != "linear" else {}),
+        **({"gradient_checkpointing": True} if gradient_checkpointing else {}),
+        **({"bf16": True} if bf16 else {}),
+        **({"fp16": True} if fp16 else {}),
+        **({"world_size": int(world_size)} if world_size > 1 else {}),
     }
 
 
@@ -343,41 +361,5 @@ def _example_steps(n: int, config: dict, w: np.ndarray, rng: np.random.Generator
         else:
             stream.extend(rng.permutation(n).tolist())
     stream = stream[:n_total]
-    per_step = config["batch_size"] * config["grad_accum"]
+    per_step = config["batch_size"] * config["grad_accum"] * config.get("world_size", 1)
     return n_total, [stream[s:s + per_step] for s in range(0, n_total, per_step)]
-
-
-def _run_steps(model, tokenized, steps: list[list[int]], done: int, coefs: np.ndarray, ids: dict, *, params,
-               optimizer, scheduler, history: list, config: dict, checkpoint: Path, checkpoint_seconds: float,
-               progress: bool) -> None:
-    """The optimizer steps after the first ``done``, appending to ``history`` and checkpointing
-    every ``checkpoint_seconds``."""
-    import torch
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=sum(len(s) for s in steps), initial=sum(len(s) for s in steps[:done]), unit="ex",
-               desc=config["kind"], disable=not progress)
-    last_save = time.time()
-    for step, positions in enumerate(steps, start=1):
-        if step <= done:
-            continue
-        optimizer.zero_grad(set_to_none=True)
-        # Within a step the order is free (the loss is a sum): grouping similar lengths into the
-        # same forward pass cuts padding when grad_accum > 1.
-        positions = sorted(positions, key=lambda p: tokenized[p].sft_length)
-        weighted, plain = accumulate_step(model, [tokenized[p] for p in positions], coefs[positions],
-                                          batch_size=config["batch_size"], **ids)
-        if not math.isfinite(weighted):
-            raise MintError(f"the training loss became {weighted} at step {step}; lower the learning rate")
-        if config["max_grad_norm"] is not None:
-            torch.nn.utils.clip_grad_norm_(params, config["max_grad_norm"])
-        history.append({"step": step, "loss": round(weighted, 6), "mean_loss": round(plain, 6),
-                        "lr": scheduler.get_last_lr()[0]})
-        optimizer.step()
-        scheduler.step()
-        bar.update(len(positions))
-        bar.set_postfix(loss=f"{weighted:.4f}")
-        if step < len(steps) and time.time() - last_save >= checkpoint_seconds:
-            save_checkpoint(checkpoint, config, step, model, optimizer, scheduler, history)
-            last_save = time.time()
-    bar.close()

@@ -23,7 +23,7 @@ from mint.model.modeling import LoraSettings  # light: torch loads inside its fu
 
 __all__ = [
     "DataConfig", "ModelConfig", "LoraSettings", "WarmupConfig", "GradsConfig", "SelectionConfig",
-    "TrainConfig", "EvalConfig", "RunConfig", "DEMO_PRESET", "load_config", "parse_overrides",
+    "TrainConfig", "EvalConfig", "RunConfig", "DEMO_PRESET", "TRAINER_KEYS", "load_config", "parse_overrides",
     "iter_fields", "save_config",
 ]
 
@@ -61,6 +61,38 @@ class ModelConfig:
     device: str = _f("auto", "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
     dtype: str = _f("auto", "auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16",
                     choices=choices.DTYPES)
+    proxy: str | None = _f(None, "a smaller model for the warm-up and the gradient features (selection), while "
+                                 "training and evaluation use `name`; empty = `name` does both")
+
+    def selector(self) -> str:
+        """The model that selects: the proxy when there is one."""
+        return self.proxy or self.name
+
+
+# The Trainer settings of the warm-up and of the training, named as `transformers.TrainingArguments`
+# names them: (default, help, extra field metadata).
+_TRAINER = {
+    "lr_scheduler_type": ("linear", "learning-rate schedule after the warm-up steps (a transformers scheduler)",
+                          {"choices": choices.LR_SCHEDULER_TYPES}),
+    "warmup_ratio": (0.03, "fraction of the optimizer steps (the floor) over which the learning rate rises", {}),
+    "weight_decay": (0.0, "AdamW weight decay", {}),
+    "max_grad_norm": (1.0, "gradient clipping norm; empty = no clipping", {}),
+    "gradient_checkpointing": (False, "recompute activations in the backward pass (less memory, ~30% more time)", {}),
+    "bf16": (False, "bfloat16 mixed precision (autocast; the LoRA weights stay float32)", {}),
+    "fp16": (False, "float16 mixed precision with loss scaling (GPUs)", {}),
+    "report_to": (["none"], "where the Trainer logs: none | tensorboard (into the step's tensorboard/ folder) | "
+                            "wandb | mlflow | ... (names of transformers' integrations)", {}),
+    "resume_from_checkpoint": (True, "continue an interrupted run with the same settings from its latest "
+                                     "checkpoint; false = start over", {}),
+}
+
+
+def _t(name: str) -> Any:
+    default, help_text, extra = _TRAINER[name]
+    return _f(default, help_text, **extra)
+
+
+TRAINER_KEYS = tuple(_TRAINER)  # the keys of both the warmup and the train section
 
 
 @dataclass
@@ -70,6 +102,15 @@ class WarmupConfig:
     lr: float = _f(2e-5, "warm-up AdamW learning rate (LESS: 2e-5)")
     batch_size: int = _f(8, "examples per forward pass")
     grad_accum: int = _f(1, "forward passes per optimizer step")
+    lr_scheduler_type: str = _t("lr_scheduler_type")
+    warmup_ratio: float = _t("warmup_ratio")
+    weight_decay: float = _t("weight_decay")
+    max_grad_norm: float | None = _t("max_grad_norm")
+    gradient_checkpointing: bool = _t("gradient_checkpointing")
+    bf16: bool = _t("bf16")
+    fp16: bool = _t("fp16")
+    report_to: list[str] = _t("report_to")
+    resume_from_checkpoint: bool = _t("resume_from_checkpoint")
 
 
 @dataclass
@@ -112,6 +153,15 @@ class TrainConfig:
     lr: float = _f(2e-5, "AdamW learning rate")
     batch_size: int = _f(8, "examples per forward pass")
     grad_accum: int = _f(1, "forward passes per optimizer step")
+    lr_scheduler_type: str = _t("lr_scheduler_type")
+    warmup_ratio: float = _t("warmup_ratio")
+    weight_decay: float = _t("weight_decay")
+    max_grad_norm: float | None = _t("max_grad_norm")
+    gradient_checkpointing: bool = _t("gradient_checkpointing")
+    bf16: bool = _t("bf16")
+    fp16: bool = _t("fp16")
+    report_to: list[str] = _t("report_to")
+    resume_from_checkpoint: bool = _t("resume_from_checkpoint")
     random_baseline: bool = _f(True, "also train on a random subset of the same size (uniform weights)")
     full_baseline: bool = _f(False, "also train on the full data (the reference a coreset tries to match)")
 

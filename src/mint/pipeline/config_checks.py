@@ -50,6 +50,12 @@ def validate(cfg: "RunConfig") -> None:
         need(c.epochs > 0, f"{sec}.epochs", f"{c.epochs} must be > 0")
         need(c.batch_size >= 1, f"{sec}.batch_size", "must be >= 1")
         need(c.grad_accum >= 1, f"{sec}.grad_accum", "must be >= 1")
+        need(0 <= c.warmup_ratio < 1, f"{sec}.warmup_ratio", f"{c.warmup_ratio} is outside [0, 1)")
+        need(c.weight_decay >= 0, f"{sec}.weight_decay", f"{c.weight_decay} must be >= 0")
+        need(c.max_grad_norm is None or c.max_grad_norm > 0, f"{sec}.max_grad_norm",
+             f"{c.max_grad_norm} must be > 0, or empty for no clipping")
+        need(not (c.bf16 and c.fp16), f"{sec}.fp16", f"both {sec}.bf16 and {sec}.fp16 are set; choose one")
+        need(len(c.report_to) > 0, f"{sec}.report_to", "give at least one name (none: no logging integration)")
     need(cfg.grads.batch_size >= 1, "grads.batch_size", "must be >= 1")
     need(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
     need(cfg.grads.proj_dim is None or cfg.grads.proj_dim >= 1, "grads.proj_dim", "must be >= 1 or empty")

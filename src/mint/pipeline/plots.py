@@ -1,10 +1,13 @@
-"""The two plots of the alpha search, rendered to PNG bytes (the caller writes them atomically).
+"""The plots of a run, rendered to PNG bytes (the caller writes them atomically): the two of the
+alpha search and the training-loss curves.
 
 - Pareto: E_PT against E_IFL for every evaluated alpha, coloured by alpha, some points
   labelled, the chosen alpha starred.
 - Plateau: E_IFL against alpha and, below, the |diff E_IFL| the plateau test used, with the
   sigma line and the chosen alpha. The alpha axis is `-log10(1 - alpha)` so the dense grid
   above 0.9 (where the choice is made) is readable.
+- Training loss: the loss of every optimizer step (the Trainer's log history) of each trained
+  model against epochs, so runs of different sizes share the axis.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import numpy as np
 
 from mint.selection.alpha import AlphaCurve
 
-__all__ = ["pareto_png", "plateau_png"]
+__all__ = ["pareto_png", "plateau_png", "training_loss_png", "loss_curve"]
 
 _TICKS = [0.1, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999]
 
@@ -137,5 +140,31 @@ def plateau_png(curve: AlphaCurve, title: str = "") -> bytes:
     else:
         _set_alpha_axis(bottom, curve.alpha)
     top.set_title(title or f"alpha choice ({curve.method}): {curve.reason}", fontsize=10)
+    fig.tight_layout()
+    return _png(plt, fig)
+
+
+def loss_curve(manifest: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, loss) of each optimizer step of a training run, from its manifest: the Trainer's
+    ``log_history`` (the weighted loss it logged), else mint's own ``history`` (earlier runs)."""
+    logged = [e for e in manifest.get("log_history") or [] if "loss" in e and "step" in e]
+    rows = [(e["step"], e["loss"]) for e in logged] or [(h["step"], h["loss"]) for h in manifest.get("history") or []]
+    n_steps = max(int(manifest.get("n_steps") or 0), max((s for s, _ in rows), default=1))
+    epochs = float((manifest.get("config") or {}).get("epochs", 1.0))
+    steps = np.array([s for s, _ in rows], dtype=np.float64)
+    return steps / n_steps * epochs, np.array([loss for _, loss in rows], dtype=np.float64)
+
+
+def training_loss_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str = "") -> bytes:
+    """One line per trained model (label -> (epochs, loss))."""
+    plt, (fig, ax) = _figure(figsize=(7, 4.5))
+    for label, (x, y) in curves.items():
+        ax.plot(x, y, "-o" if len(x) <= 40 else "-", ms=2.5, lw=1.2, label=f"{label} ({len(x)} steps)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (weighted, per optimizer step)")
+    ax.set_title(title or "Training loss")
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(loc="best")
     fig.tight_layout()
     return _png(plt, fig)

@@ -74,7 +74,9 @@ def write_report(run_dir: Path, cfg, infos: dict, metrics: dict[str, dict], *, s
     rows = _subset_rows(sel)
     lines = [
         "# MINT run report", "",
-        f"- model: `{cfg.model.name}`",
+        *([f"- model: `{cfg.model.name}`"] if not cfg.model.proxy else
+          [f"- selected with `{cfg.model.proxy}` (the proxy: warm-up and gradient features)",
+           f"- trained and evaluated: `{cfg.model.name}`"]),
         f"- training data: {'built-in demo data' if cfg.data.train is None else '`' + str(cfg.data.train) + '`'}"
         f" ({n_records} examples)",
         f"- held-out data: {_held_out(cfg, eval_path, run_dir)}",
@@ -92,13 +94,14 @@ def write_report(run_dir: Path, cfg, infos: dict, metrics: dict[str, dict], *, s
         lines.append(f"- random baseline: {k} examples drawn uniformly (seed {cfg.seed}), unit weights")
     if "full" in metrics or "train_full" in infos:
         lines.append(f"- full-data baseline: all {n_records} examples, unit weights")
+    lines += _loss_curve_section(run_dir, infos)
     if metrics:
         lines += _evaluation_section(metrics)
     lines += _time_section(infos)
     report = atomic_write_text(run_dir / "report.md", "\n".join(lines))
 
     summary = {
-        "model": cfg.model.name, "n_records": n_records, "alpha": sel.get("alpha"), "train_ratio": train_ratio,
+        "model": cfg.model.name, "selection_model": cfg.model.selector(), "n_records": n_records, "alpha": sel.get("alpha"), "train_ratio": train_ratio,
         "k": k, "subsets": rows,
         "metrics": {label: {key: m.get(key) for key in ("sft_loss", "pt_loss", "ifl_loss", "perplexity")}
                     | ({"exact_match": m["generation"].get("exact_match"), "rouge_l": m["generation"].get("rouge_l")}
@@ -128,6 +131,38 @@ def _selection_section(run_dir: Path, cfg, infos: dict, sel: dict, rows: list[di
         lines += ["", f"Exports (records with `weight`, chat variant, LLaMA-Factory and axolotl entries): "
                       f"[{_rel(exp, run_dir)}/]({_rel(exp / 'EXPORTS.md', run_dir)})"]
     return lines
+
+
+LOSS_PLOT = "training_loss.png"
+_TRAINED = (("warmup", "warm-up", "dir"), ("train_coreset", "coreset", "adapter"), ("train_random", "random", "adapter"),
+            ("train_full", "full", "adapter"))
+
+
+def _loss_curve_section(run_dir: Path, infos: dict) -> list[str]:
+    """`training_loss.png` in the run folder (every trained model's loss per optimizer step), and
+    the report's link to it; nothing when no training step has a manifest."""
+    from mint._io import atomic_write_bytes
+    from mint.pipeline.plots import loss_curve, training_loss_png
+
+    curves = {}
+    for step, label, key in _TRAINED:
+        out = (infos[step].outputs or {}).get(key) if step in infos else None
+        folder = run_dir / out if out else None
+        if folder is not None and key == "adapter":
+            folder = folder.parent
+        manifest = folder / "manifest.json" if folder is not None else None
+        if manifest is None or not manifest.is_file():
+            continue
+        try:
+            curves[label] = loss_curve(read_json(manifest))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("no loss curve for %s (%s)", label, e)
+    curves = {label: c for label, c in curves.items() if len(c[0])}
+    if not curves:
+        return []
+    atomic_write_bytes(run_dir / LOSS_PLOT, training_loss_png(curves))
+    return ["", f"Training loss per optimizer step ({', '.join(curves)}): [{LOSS_PLOT}]({LOSS_PLOT})", "",
+            f"![training loss]({LOSS_PLOT})"]
 
 
 def _evaluation_section(metrics: dict[str, dict]) -> list[str]:

@@ -29,6 +29,7 @@ from typing import Callable
 
 from mint._io import array_problem, atomic_write_json, read_json, sha256_bytes, versions
 from mint._folders import BOOKKEEPING, check_writable, own_entries
+from mint.model.distributed import barrier, process_group
 from mint.records import source_format
 from mint.pipeline.config import RunConfig, save_config
 from mint.errors import MintError
@@ -42,7 +43,7 @@ RUN_FILE = "run.json"
 # Folders and files a run creates; --overwrite clears only these, never anything else.
 STEP_DIRS = (STEPS_DIR, "data", "warmup", "grads", "select", "export", "train_coreset", "train_random",
              "train_full", "eval")
-RUN_FILES = (RUN_FILE, "config.yaml", "report.md", "summary.json")
+RUN_FILES = (RUN_FILE, "config.yaml", "report.md", "summary.json", "training_loss.png")
 
 
 @dataclass
@@ -79,9 +80,10 @@ def _key(inputs: dict) -> str:
 class Run:
     """Runs steps in a run folder, skipping those whose key matches a finished record."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, *, rank: int = 0, world: int = 1, dist=None):
         self.run_dir = run_dir
         self.infos: dict[str, StepInfo] = {}
+        self.rank, self.world, self.dist = rank, world, dist  # a torchrun job: rank 0 keeps the records
 
     def rel(self, path: Path | str) -> str:
         return os.path.relpath(Path(path), self.run_dir)
@@ -89,7 +91,30 @@ class Run:
     def abs(self, rel: str) -> Path:
         return self.run_dir / rel
 
-    def step(self, name: str, inputs: dict, fn: Callable[[Path], dict]) -> StepInfo:
+    def step(self, name: str, inputs: dict, fn: Callable[[Path], dict], *, every_rank: bool = False) -> StepInfo:
+        """Run ``fn(folder)`` unless the step's record carries ``inputs``' key and its outputs are
+        intact. Under torchrun rank 0 decides, clears and records; ``fn`` runs on every rank when
+        ``every_rank`` (a step that splits its work over the ranks), else on rank 0 while the
+        others wait; every rank returns the recorded outputs."""
+        if self.world > 1 and self.rank != 0:
+            return self._follow(name, _key(inputs), fn if every_rank else None)
+        return self._lead(name, inputs, fn)
+
+    def _follow(self, name: str, key: str, fn: Callable[[Path], dict] | None) -> StepInfo:
+        """A rank other than 0: rank 0's decision and outputs, read from the step's record."""
+        barrier(self.dist)  # rank 0 has decided, cleared and recorded "running" or found it done
+        state = read_json(_step_path(self.run_dir, name))
+        ran = state.get("status") != "done" or state.get("key") != key
+        if ran:
+            if fn is not None:
+                fn(self.run_dir / name)
+            barrier(self.dist)  # rank 0 has recorded the outputs
+            state = read_json(_step_path(self.run_dir, name))
+        info = StepInfo(name, key, ran, float(state.get("seconds", 0.0)), state.get("outputs", {}))
+        self.infos[name] = info
+        return info
+
+    def _lead(self, name: str, inputs: dict, fn: Callable[[Path], dict]) -> StepInfo:
         folder = self.run_dir / name
         key = _key(inputs)
         state_path = _step_path(self.run_dir, name)
@@ -100,6 +125,7 @@ class Run:
                 info = StepInfo(name, key, False, float(state.get("seconds", 0.0)), state.get("outputs", {}))
                 log.info("step %-14s up to date, skipped", name)
                 self.infos[name] = info
+                barrier(self.dist)  # the other ranks read the record
                 return info
             log.warning("step %-14s redone: %s; clearing %s", name, problem, folder)
             shutil.rmtree(folder, ignore_errors=True)
@@ -114,12 +140,14 @@ class Run:
         record = {"step": name, "key": key, "status": "running", "inputs": inputs, "versions": versions()}
         atomic_write_json(state_path, record)
         log.info("step %-14s running", name)
+        barrier(self.dist)  # the other ranks read the record and start (or wait)
         t0 = time.perf_counter()
         outputs = fn(folder)
         seconds = time.perf_counter() - t0
         record.update(status="done", seconds=round(seconds, 3), outputs=outputs, versions=versions(),
                       files=_output_files(folder))
         atomic_write_json(state_path, record)
+        barrier(self.dist)
         info = StepInfo(name, key, True, seconds, outputs)
         self.infos[name] = info
         return info
@@ -203,16 +231,22 @@ def run_pipeline(cfg: RunConfig, *, overwrite: bool = False, log_file: str | os.
         if value and fmt != "hub" and not (Path(value).is_file() or fmt == "dataset_folder"):
             raise FileNotFoundError(f"data file not found: {value} (config key {key})")
         user_files += [Path(value)] if value else []
-    run = Run(run_dir)
+    rank, world, dist = process_group()  # torchrun: every rank runs the steps; rank 0 writes the records
+    run = Run(run_dir, rank=rank, world=world, dist=dist)
     ctx = Context(cfg, run)
     identity = {"model": cfg.model.name,
                 "train_data": ctx.sha(cfg.data.train) if cfg.data.train else f"built-in demo v{DEMO_DATA_VERSION}"}
-    _claim_run_dir(run_dir, identity, overwrite, user_files)
-    save_config(cfg, run_dir / "config.yaml")
+    if rank == 0:
+        _claim_run_dir(run_dir, identity, overwrite, user_files)
+        save_config(cfg, run_dir / "config.yaml")
+    barrier(dist)
     t_start = time.perf_counter()
     for _name, step in STEPS:
         step(ctx)
-    report = write_report(run_dir, cfg, run.infos, ctx.metrics, select_dir=ctx.select_dir, n_records=ctx.n_records,
-                          train_ratio=ctx.coreset["ratio"], k=ctx.coreset["k"], eval_path=ctx.eval_path,
-                          wall_seconds=time.perf_counter() - t_start, log_file=log_file)
+    report = run_dir / "report.md"
+    if rank == 0:
+        report = write_report(run_dir, cfg, run.infos, ctx.metrics, select_dir=ctx.select_dir,
+                              n_records=ctx.n_records, train_ratio=ctx.coreset["ratio"], k=ctx.coreset["k"],
+                              eval_path=ctx.eval_path, wall_seconds=time.perf_counter() - t_start, log_file=log_file)
+    barrier(dist)
     return PipelineResult(run_dir, dict(run.infos), ctx.metrics, report)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from mint._io import read_json, sha256_bytes
 from mint.errors import MintError
 from mint.records import source_format, source_sha256
-from mint.pipeline.config import RunConfig
+from mint.pipeline.config import TRAINER_KEYS, RunConfig
 
 __all__ = ["STEPS", "DEMO_DATA_VERSION", "render_options", "render_key", "warmup_call", "grads_call",
            "select_call", "train_call", "eval_call"]
@@ -58,13 +58,27 @@ def _examples(cfg: RunConfig, data_path: Path):
     return load_examples(data_path, schema=cfg.data.schema, assistant_turns=cfg.data.assistant_turns)
 
 
+def trainer_options(section) -> dict[str, Any]:
+    """The Trainer settings of the `warmup` or `train` section, as `train_lora` keywords."""
+    return {key: getattr(section, key) for key in TRAINER_KEYS}
+
+
+def trainer_key(section) -> dict[str, Any]:
+    """`trainer_options` as part of a step's key: the settings that change the result, and only
+    where they differ from their defaults (a run made before they existed keeps its step keys)."""
+    defaults = type(section)()
+    return {key: getattr(section, key) for key in TRAINER_KEYS
+            if key not in ("report_to", "resume_from_checkpoint") and getattr(section, key) != getattr(defaults, key)}
+
+
 def warmup_call(cfg: RunConfig, train_path: Path, folder: Path, **options: Any) -> Path:
     from mint.model.warmup import run_warmup
 
     w = cfg.warmup
-    return run_warmup(cfg.model.name, train_path, folder, sample_ratio=w.sample_ratio, epochs=w.epochs, lr=w.lr,
+    return run_warmup(cfg.model.selector(), train_path, folder, sample_ratio=w.sample_ratio, epochs=w.epochs, lr=w.lr,
                       batch_size=w.batch_size, grad_accum=w.grad_accum, lora=cfg.lora, seed=cfg.seed,
-                      device=cfg.model.device, dtype=cfg.model.dtype, **render_options(cfg), **options)
+                      device=cfg.model.device, dtype=cfg.model.dtype, **trainer_options(w), **render_options(cfg),
+                      **options)
 
 
 def grads_call(cfg: RunConfig, train_path: Path, warmup_dir: Path, folder: Path, **options: Any) -> Path:
@@ -72,7 +86,7 @@ def grads_call(cfg: RunConfig, train_path: Path, warmup_dir: Path, folder: Path,
 
     g = cfg.grads
     options.setdefault("proj_dim", g.proj_dim)
-    return compute_features(cfg.model.name, train_path, warmup_dir, folder, grad_type=g.grad_type,
+    return compute_features(cfg.model.selector(), train_path, warmup_dir, folder, grad_type=g.grad_type,
                             batch_size=g.batch_size, seed=cfg.seed, device=cfg.model.device, dtype=cfg.model.dtype,
                             storage_dtype=g.storage_dtype,
                             **render_options(cfg), **options)
@@ -96,7 +110,7 @@ def train_call(cfg: RunConfig, train_path: Path, folder: Path, *, indices, weigh
     return train_lora(cfg.model.name, train_path, folder, indices=indices, weights=weights, weighting=weighting,
                       epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, grad_accum=t.grad_accum,
                       lora=cfg.lora, seed=cfg.seed, device=cfg.model.device, dtype=cfg.model.dtype,
-                      **render_options(cfg), **options)
+                      **trainer_options(t), **render_options(cfg), **options)
 
 
 def eval_call(cfg: RunConfig, eval_path: Path, adapter: Path | None, folder: Path | None, **options: Any) -> dict:
@@ -196,13 +210,29 @@ def _check_eval_schema(train_path: Path, eval_path: Path) -> None:
                         f"is {a}; convert one of them so both use the same schema")
 
 
+def _world() -> dict[str, int]:
+    """The number of torchrun processes, in the key of a step whose result depends on it (> 1 only)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return {"world_size": world} if world > 1 else {}
+
+
 def warmup(ctx: Context) -> None:
     cfg = ctx.cfg
-    inputs = {**ctx.common, "lora": asdict(cfg.lora), "warmup": asdict(cfg.warmup), "device": cfg.model.device,
+    warm = {k: v for k, v in asdict(cfg.warmup).items() if k not in TRAINER_KEYS}
+    inputs = {**ctx.common, "lora": asdict(cfg.lora), "warmup": {**warm, **trainer_key(cfg.warmup)},
+              **({"proxy": cfg.model.proxy} if cfg.model.proxy else {}),  # the model that selects
+              "device": cfg.model.device,
               "dtype": cfg.model.dtype}
 
     def do(folder: Path) -> dict:
-        warmup_call(cfg, ctx.train_path, folder)
+        from mint.model.distributed import run_alone
+
+        if ctx.run.world > 1:  # rank 0 alone, as one process: the adapter of a single-process run
+            run_alone(warmup_call, cfg, ctx.train_path, folder)
+        else:
+            warmup_call(cfg, ctx.train_path, folder)
         return {"dir": ctx.run.rel(folder)}
 
     ctx.infos["warmup"] = ctx.run.step("warmup", inputs, do)
@@ -217,7 +247,7 @@ def grads(ctx: Context) -> None:
         grads_call(cfg, ctx.train_path, ctx.run.abs(warm.outputs["dir"]), folder)
         return {"dir": ctx.run.rel(folder)}
 
-    ctx.infos["grads"] = ctx.run.step("grads", inputs, do)
+    ctx.infos["grads"] = ctx.run.step("grads", inputs, do, every_rank=True)  # shards spread over the ranks
 
 
 def select(ctx: Context) -> None:
@@ -227,7 +257,9 @@ def select(ctx: Context) -> None:
         result = select_call(cfg, ctx.run.abs(grads_info.outputs["dir"]), folder, ctx.train_path, overwrite=True)
         return {"dir": ctx.run.rel(folder), "alpha": result.alpha}
 
-    info = ctx.run.step("select", {"grads": grads_info.key, "selection": asdict(cfg.selection), "seed": cfg.seed}, do)
+    # every rank: run_selection spreads the parts of a partitioned selection over them (rank 0 writes)
+    info = ctx.run.step("select", {"grads": grads_info.key, "selection": asdict(cfg.selection), "seed": cfg.seed}, do,
+                        every_rank=True)
     ctx.infos["select"] = info
     ctx.select_dir = ctx.run.abs(info.outputs["dir"])
 
@@ -263,7 +295,8 @@ def train(ctx: Context) -> None:
     """train_coreset, then train_random and train_full when asked, all with the same settings."""
     cfg, t = ctx.cfg, ctx.cfg.train
     ctx.coreset = _trained_coreset(ctx)
-    settings = {"epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size, "grad_accum": t.grad_accum}
+    settings = {"epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
+                **trainer_key(t), **_world()}
     common = {**ctx.common, "lora": asdict(cfg.lora), "train": settings, "device": cfg.model.device,
               "dtype": cfg.model.dtype}
 
@@ -279,9 +312,9 @@ def train(ctx: Context) -> None:
         raise MintError(f"the coreset of ratio {c['ratio']:.2f} in {ctx.select_dir} has no 'weights' array, so "
                         f"train.weighting {t.weighting} has nothing to apply; run the select step again (delete "
                         f"{ctx.select_dir}) or set train.weighting none")
-    ctx.trained["coreset"] = ctx.run.step(
+    ctx.trained["coreset"] = ctx.run.step(  # data parallel under torchrun
         "train_coreset", {**common, "select": ctx.infos["select"].key, "ratio": c["ratio"], "weighting": t.weighting},
-        trainer(c["indices"], c["weights"], t.weighting))
+        trainer(c["indices"], c["weights"], t.weighting), every_rank=True)
     if t.random_baseline:
         from mint.model.warmup import random_subset_indices
 
@@ -289,9 +322,10 @@ def train(ctx: Context) -> None:
         rand_idx = random_subset_indices(ctx.n_records, c["ratio"], cfg.seed)
         ctx.trained["random"] = ctx.run.step(
             "train_random", {**common, "n": ctx.n_records, "indices_sha256": sha256_bytes(rand_idx.tobytes())},
-            trainer(rand_idx, None, "none"))
+            trainer(rand_idx, None, "none"), every_rank=True)
     if t.full_baseline:
-        ctx.trained["full"] = ctx.run.step("train_full", {**common, "n": ctx.n_records}, trainer(None, None, "none"))
+        ctx.trained["full"] = ctx.run.step("train_full", {**common, "n": ctx.n_records}, trainer(None, None, "none"),
+                                           every_rank=True)
 
 
 def evaluate(ctx: Context) -> None:
@@ -320,7 +354,8 @@ def evaluate(ctx: Context) -> None:
 
     for label in (["base"] if e.base else []) + list(ctx.trained):
         upstream = ctx.trained[label].key if label != "base" else None
-        info = ctx.run.step(f"eval/{label}", {**inputs, "adapter_step": upstream}, evaluator(label))
+        # every rank: the held-out batches are spread over them, rank 0 writes the metrics
+        info = ctx.run.step(f"eval/{label}", {**inputs, "adapter_step": upstream}, evaluator(label), every_rank=True)
         ctx.metrics[label] = read_json(ctx.run.abs(info.outputs["metrics"]))
 
 
