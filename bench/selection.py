@@ -15,7 +15,12 @@ As `mint select` does, the memory available now is passed as the engine's memory
     .venv/bin/python bench/selection.py --partition_quality --n 20000 --d 1024 --partition_size 5000
     .venv/bin/python bench/selection.py --n 270000 --d 1024 --skip_floor
     .venv/bin/python bench/selection.py --float16_effect --n 8000 --d 1024
+    .venv/bin/python bench/selection.py --vs_plain --n 4000 --d 1024
     .venv/bin/python bench/selection.py --n 1000000 --d 1024 --skip_floor --mmap_dir /tmp/feats_1m
+
+`--vs_plain` times, in one run, a plain float64 numpy implementation of the whole automatic
+selection whose lazy greedy is a Python heap with one numpy row operation per pop (the issue's
+baseline), and the engine with `--engine` numba and numpy; it checks that they select the same.
 
 `--partition_quality` runs the exact engine (automatic alpha) and the partitioned one (the same
 alpha) on the same features and compares them on the exact objective: the facility-location
@@ -198,7 +203,7 @@ def run_float16_effect(n: int, d: int, seed: int, n_jobs: int | None) -> dict:
 
 
 def run_timing(n: int, d: int, seed: int, n_jobs: int | None, skip_floor: bool, alpha: float | None = None,
-               strategy: str = "auto", partition_size: int = 20_000, mmap_dir=None) -> dict:
+               strategy: str = "auto", partition_size: int = 20_000, mmap_dir=None, engine: str = "auto") -> dict:
     from mint import select_coreset
     from mint.selection.distances import alpha_combination, combined_distances
 
@@ -206,14 +211,17 @@ def run_timing(n: int, d: int, seed: int, n_jobs: int | None, skip_floor: bool, 
     feats = make_features(n, d, seed, folder=mmap_dir)
     gen_s = time.perf_counter() - t
     out = {"n": n, "d": d, "seed": seed, "generate_s": round(gen_s, 1), "load_before": os.getloadavg(),
-           "features": "memory-mapped .npy" if mmap_dir else "in memory"}
+           "features": "memory-mapped .npy" if mmap_dir else "in memory", "engine": engine}
+    select_coreset({k: X[:64] for k, X in feats.items()}, ratios=RATIOS, engine=engine, n_jobs=1,
+                   progress=False)  # compile or load the kernels outside the timing
     base = _rss_now_gib()
     _rss_reset()
     cpu0 = _cpu_s()
     t = time.perf_counter()
     with _StageTimes() as stages:
         res = select_coreset(feats, ratios=RATIOS, alpha=alpha, seed=seed, n_jobs=n_jobs, progress=False,
-                             memory_limit_bytes=_available_bytes(), strategy=strategy, partition_size=partition_size)
+                             memory_limit_bytes=_available_bytes(), strategy=strategy, partition_size=partition_size,
+                             engine=engine)
     out["strategy"] = res.settings["distance_strategy"]
     select_s = time.perf_counter() - t
     out["select_s"] = round(select_s, 2)
@@ -249,6 +257,25 @@ def _dense_distances(X: np.ndarray) -> np.ndarray:
     return D
 
 
+def _plain_lazy_greedy(S: np.ndarray, k: int) -> np.ndarray:
+    """Lazy greedy with a Python heap and one numpy row operation per pop (S symmetric)."""
+    import heapq
+
+    cur = np.zeros(len(S))
+    heap = [(-g, j) for j, g in enumerate(S.sum(axis=1).tolist())]
+    heapq.heapify(heap)
+    order: list[int] = []
+    while len(order) < k:
+        _, j = heapq.heappop(heap)
+        g = float(np.maximum(S[j] - cur, 0).sum())
+        if not heap or g >= -heap[0][0]:
+            order.append(j)
+            cur = np.maximum(cur, S[j])
+        else:
+            heapq.heappush(heap, (-g, j))
+    return np.array(order)
+
+
 def _dense_greedy(S: np.ndarray, k: int) -> np.ndarray:
     cur = np.zeros(len(S))
     chosen = np.zeros(len(S), bool)
@@ -263,8 +290,8 @@ def _dense_greedy(S: np.ndarray, k: int) -> np.ndarray:
     return np.array(order)
 
 
-def dense_reference(feats: dict, seed: int = 0, preheat: float = 0.3):
-    """MINT selection written the plain way: dense float64 matrices, naive greedy."""
+def dense_reference(feats: dict, seed: int = 0, preheat: float = 0.3, greedy=_dense_greedy):
+    """MINT selection written the plain way: dense float64 matrices, naive greedy (or `greedy`)."""
     from mint.selection.alpha import alpha_grid, detect_plateau
 
     n = len(feats["pt"])
@@ -276,17 +303,43 @@ def dense_reference(feats: dict, seed: int = 0, preheat: float = 0.3):
     e_ifl = []
     for a in alphas:
         D = d_pt / a + d_ifl / (1 - a)
-        order = _dense_greedy(D.max() - D, k_pre)
+        order = greedy(D.max() - D, k_pre)
         e_ifl.append(d_ifl[:, order].min(axis=1).sum())
     a = float(alphas[detect_plateau(alphas, np.array(e_ifl)).index])
     D = _dense_distances(feats["pt"]) / a + _dense_distances(feats["ifl"]) / (1 - a)
     S = D.max() - D
-    order = _dense_greedy(S, max(1, round(max(RATIOS) * n)))
+    order = greedy(S, max(1, round(max(RATIOS) * n)))
     weights = {}
     for r in RATIOS:
         sel = order[: max(1, round(r * n))]
         weights[r] = np.bincount(np.argmax(S[:, sel], axis=1), minlength=len(sel)).astype(float)
     return a, order, weights, S
+
+
+def run_vs_plain(n: int, d: int, seed: int, n_jobs: int | None) -> dict:
+    """The engine (numba and numpy kernels) against the plain float64 lazy greedy with a heap,
+    each on the whole automatic selection of the same features."""
+    from mint import select_coreset
+
+    feats = make_features(n, d, seed)
+    out = {"n": n, "d": d, "seed": seed, "n_jobs": n_jobs, "load_before": os.getloadavg()}
+    t = time.perf_counter()
+    a_ref, order_ref, _, _ = dense_reference(feats, seed, greedy=_plain_lazy_greedy)
+    out["plain_s"] = round(time.perf_counter() - t, 2)
+    out["plain_alpha"] = a_ref
+    for engine in ("numba", "numpy"):
+        select_coreset({k: X[:64] for k, X in feats.items()}, ratios=RATIOS, engine=engine, n_jobs=1,
+                       progress=False)  # compile or load the kernels outside the timing
+        with _StageTimes() as stages:
+            t = time.perf_counter()
+            res = select_coreset(feats, ratios=RATIOS, seed=seed, n_jobs=n_jobs, progress=False, engine=engine,
+                                 memory_limit_bytes=_available_bytes())
+            seconds = time.perf_counter() - t
+        out[engine] = {"select_s": round(seconds, 2), "speedup_vs_plain": round(out["plain_s"] / seconds, 2),
+                       "alpha": res.alpha, "same_order_as_plain": bool(np.array_equal(res.order, order_ref)),
+                       "stages_s": {k: round(v, 2) for k, v in stages.seconds.items()}}
+    out["load_after"] = os.getloadavg()
+    return out
 
 
 def run_exactness(n: int, d: int, seed: int, n_jobs: int | None) -> dict:
@@ -333,10 +386,14 @@ def main(argv=None) -> int:
     p.add_argument("--partition_quality", action="store_true", help="partitioned against exact on the exact objective")
     p.add_argument("--mmap_dir", default=None, help="write the features there as .npy and select from memory maps")
     p.add_argument("--float16_effect", action="store_true", help="float16-stored features against float32")
+    p.add_argument("--vs_plain", action="store_true", help="the engine against a plain float64 heap lazy greedy")
+    p.add_argument("--engine", default="auto", choices=["auto", "numba", "numpy"], help="timing: the engine's kernels")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.exactness:
         result = run_exactness(args.n, args.d, args.seed, args.n_jobs)
+    elif args.vs_plain:
+        result = run_vs_plain(args.n, args.d, args.seed, args.n_jobs)
     elif args.float16_effect:
         result = run_float16_effect(args.n, args.d, args.seed, args.n_jobs)
     elif args.partition_quality:
@@ -345,7 +402,7 @@ def main(argv=None) -> int:
         result = run_one_alpha(args.n, args.d, args.seed, args.one_alpha)
     else:
         result = run_timing(args.n, args.d, args.seed, args.n_jobs, args.skip_floor, args.alpha, args.strategy,
-                            args.partition_size, args.mmap_dir)
+                            args.partition_size, args.mmap_dir, args.engine)
     result["cpus"] = len(os.sched_getaffinity(0))
     print(json.dumps(result, default=str))
     return 0

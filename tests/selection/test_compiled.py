@@ -45,7 +45,7 @@ def test_gains_are_numpys_sums(n, dtype):
     rows = np.array([2, 0, 1], dtype=np.int64)
     for coverage in (cur, np.zeros(n, dtype=dtype)):
         want = row_gains(C, rows, coverage)
-        got = kernels().row_gains(C, rows, coverage, sum_chunk(dtype))
+        got = kernels(dtype).row_gains(C, rows, coverage, sum_chunk(dtype))
         assert got.tobytes() == want.tobytes()
 
 
@@ -94,7 +94,7 @@ def test_prefix_weights_alpha_similarity_and_errors_match_numpy(dtype):
     fast, slow = (prefix_weights(S_np, order, ks, symmetric=True, engine=e) for e in ("numba", "numpy"))
     assert all(fast[k].tobytes() == slow[k].tobytes() for k in ks) and all(fast[k].sum() == 700 for k in ks)
     targets = np.array(ks, dtype=np.int64)
-    got = kernels().prefix_min_sums(d_pt, order, targets, sum_chunk(dtype))
+    got = kernels(dtype).prefix_min_sums(d_pt, order, targets, sum_chunk(dtype))
     want = prefix_min_sums(DistanceColumns.from_matrix(d_pt), order, ks)
     assert got.tolist() == [want[k] for k in ks]
     assert evaluate_alpha(d_pt, d_ifl, 0.9, 50, engine="numba")[:2] == evaluate_alpha(d_pt, d_ifl, 0.9, 50,

@@ -1,7 +1,7 @@
 """The compiled kernels of the exact engine (numba): lazy greedy, prefix weights, the alpha scan's
 similarity and E(T), without a Python step per heap pop.
 
-Imported only through `mint.selection.engine.kernels()`, never at `import mint.selection`, and
+Imported only through `mint.selection.engine.kernels(dtype)`, never at `import mint.selection`, and
 compiled on first use for each dtype (`cache=True`: once per machine, then loaded from the cache).
 
 Same bytes as the numpy engine. Every float operation here is one the numpy engine does, in the
@@ -68,16 +68,14 @@ def _half(n):
 
 
 @nb.njit(cache=True, nogil=True)
-def _pairwise(a, lo0, n0):
+def _pairwise(a, lo0, n0, nodes, left):
     """numpy's pairwise sum of a[lo0:lo0+n0] (float64), its recursion unrolled onto a stack (a
     recursive njit function does not survive numba's cache): a node is a range; a range of more
-    than 128 is the sum of its two halves, left first."""
+    than 128 is the sum of its two halves, left first. `nodes` (3, 64) int64 and `left` (64,)
+    float64 are scratch (`_scratch`), allocated once by the caller."""
     if n0 <= _BLOCK:
         return _leaf(a, lo0, n0)
-    lo = np.empty(64, np.int64)
-    size = np.empty(64, np.int64)
-    state = np.empty(64, np.int64)  # 1: computing the left half, 2: the right half
-    left = np.empty(64, np.float64)
+    lo, size, state = nodes[0], nodes[1], nodes[2]  # state 1: computing the left half, 2: the right
     d = 0
     lo[0], size[0] = lo0, n0
     while True:
@@ -103,32 +101,38 @@ def _pairwise(a, lo0, n0):
 
 
 @nb.njit(cache=True, nogil=True)
-def _sum(a, n, chunk):
+def _scratch(n):
+    """The float64 buffer of n terms and the stack of `_pairwise`."""
+    return np.empty(n, np.float64), np.empty((3, 64), np.int64), np.empty(64, np.float64)
+
+
+@nb.njit(cache=True, nogil=True)
+def _sum(a, n, chunk, nodes, left):
     """`a[:n].sum()` as numpy sums float64 values cast from float32 (chunk = its buffer length)
     or float64 values (chunk = 0: one range)."""
     if chunk <= 0 or n <= chunk:
-        return _pairwise(a, 0, n)
+        return _pairwise(a, 0, n, nodes, left)
     res = 0.0
     for s in range(0, n, chunk):
-        res += _pairwise(a, s, min(chunk, n - s))
+        res += _pairwise(a, s, min(chunk, n - s), nodes, left)
     return res
 
 
 @nb.njit(cache=True, nogil=True)
-def _gain(row, cur, buf, chunk):
+def _gain(row, cur, buf, chunk, nodes, left):
     n = row.shape[0]
     for i in range(n):
         buf[i] = np.float64(max(row[i], cur[i]) - cur[i])
-    return _sum(buf, n, chunk)
+    return _sum(buf, n, chunk, nodes, left)
 
 
 @nb.njit(cache=True, nogil=True)
 def row_gains(C, rows, cur, chunk):
     """`facility.row_gains`: the gain of each candidate in `rows` given the coverage `cur`."""
-    buf = np.empty(C.shape[1], np.float64)
+    buf, nodes, left = _scratch(C.shape[1])
     out = np.empty(rows.shape[0], np.float64)
     for r in range(rows.shape[0]):
-        out[r] = _gain(C[rows[r]], cur, buf, chunk)
+        out[r] = _gain(C[rows[r]], cur, buf, chunk, nodes, left)
     return out
 
 
@@ -161,12 +165,12 @@ def lazy_greedy(C, k, chunk):
     it was evaluated in this step, and is then the step's pick. Returns (order, gains)."""
     n = C.shape[0]
     cur = np.zeros(n, C.dtype)
-    buf = np.empty(n, np.float64)
+    buf, nodes, left = _scratch(n)
     bound = np.empty(n, np.float64)
     index = np.arange(n)
     step = np.zeros(n, np.int64)
     for j in range(n):
-        bound[j] = _gain(C[j], cur, buf, chunk)
+        bound[j] = _gain(C[j], cur, buf, chunk, nodes, left)
     for pos in range(n // 2 - 1, -1, -1):
         _sift_down(bound, index, step, pos, n)
     order = np.empty(k, np.int64)
@@ -174,7 +178,7 @@ def lazy_greedy(C, k, chunk):
     size = n
     for t in range(k):
         while step[0] != t:
-            bound[0] = _gain(C[index[0]], cur, buf, chunk)
+            bound[0] = _gain(C[index[0]], cur, buf, chunk, nodes, left)
             step[0] = t
             _sift_down(bound, index, step, 0, size)
         j = index[0]
@@ -184,8 +188,7 @@ def lazy_greedy(C, k, chunk):
         _sift_down(bound, index, step, 0, size)
         row = C[j]
         for i in range(n):
-            if row[i] > cur[i]:
-                cur[i] = row[i]
+            cur[i] = max(cur[i], row[i])
     return order, gains
 
 
@@ -216,17 +219,32 @@ def prefix_counts(C, order, targets):
 def alpha_similarity(d_pt, d_ifl, a, b, out):
     """`alpha.alpha_similarity`: out = max(D) - D with D = d_pt / a + d_ifl / (1 - a), where
     a and b = 1 - a come already rounded to the matrices' dtype."""
-    n, m = out.shape
+    n = out.shape[0]
     top = d_pt[0, 0] / a + d_ifl[0, 0] / b  # in the matrices' dtype, as every value below
+    # the maximum in 8 lanes (max is exact, so any grouping gives the same value), which the
+    # vectorizer packs into one register
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = top
     for i in range(n):
-        for j in range(m):
-            v = d_pt[i, j] / a + d_ifl[i, j] / b
-            out[i, j] = v
-            if v > top:
-                top = v
+        p, q, o = d_pt[i], d_ifl[i], out[i]
+        for j in range(n):
+            o[j] = p[j] / a + q[j] / b
+        e = n - n % 8
+        for j in range(0, e, 8):
+            m0 = max(m0, o[j])
+            m1 = max(m1, o[j + 1])
+            m2 = max(m2, o[j + 2])
+            m3 = max(m3, o[j + 3])
+            m4 = max(m4, o[j + 4])
+            m5 = max(m5, o[j + 5])
+            m6 = max(m6, o[j + 6])
+            m7 = max(m7, o[j + 7])
+        for j in range(e, n):
+            m0 = max(m0, o[j])
+    top = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
     for i in range(n):
-        for j in range(m):
-            out[i, j] = top - out[i, j]
+        o = out[i]
+        for j in range(n):
+            o[j] = top - o[j]
 
 
 @nb.njit(cache=True, nogil=True)
@@ -235,17 +253,16 @@ def prefix_min_sums(d, order, targets, chunk):
     targets (increasing), the running minimum in d's dtype, each sum numpy's float64 sum."""
     n = d.shape[0]
     best = np.full(n, np.inf, d.dtype)
-    buf = np.empty(n, np.float64)
+    buf, nodes, left = _scratch(n)
     out = np.empty(targets.shape[0], np.float64)
     t = 0
     for pos in range(targets[-1]):
         row = d[order[pos]]
         for i in range(n):
-            if row[i] < best[i]:
-                best[i] = row[i]
+            best[i] = min(best[i], row[i])
         while t < targets.shape[0] and targets[t] == pos + 1:
             for i in range(n):
                 buf[i] = best[i]
-            out[t] = _sum(buf, n, chunk)
+            out[t] = _sum(buf, n, chunk, nodes, left)
             t += 1
     return out

@@ -166,7 +166,7 @@ def alpha_similarity(d_pt: np.ndarray, d_ifl: np.ndarray, alpha: float, out: np.
     combination = alpha_combination(alpha)
     if _compiled(d_pt, d_ifl, out, engine=engine):
         a, b = (out.dtype.type(f) for f in combination.factors)  # numpy's rounding of a Python float
-        kernels().alpha_similarity(d_pt, d_ifl, a, b, out)
+        kernels(out.dtype).alpha_similarity(d_pt, d_ifl, a, b, out)
         return out
     top = combine_matrices(combination, {"pt": d_pt, "ifl": d_ifl}, out)
     return similarity_from_distance(out, out=out, top=top)
@@ -174,7 +174,7 @@ def alpha_similarity(d_pt: np.ndarray, d_ifl: np.ndarray, alpha: float, out: np.
 
 def _min_sum(d: np.ndarray, order: np.ndarray, engine: str) -> float:
     if _compiled(d, engine=engine):
-        return float(kernels().prefix_min_sums(d, order, np.array([len(order)], dtype=np.int64), sum_chunk(d.dtype))[0])
+        return float(kernels(d.dtype).prefix_min_sums(d, order, np.array([len(order)], dtype=np.int64), sum_chunk(d.dtype))[0])
     return min_distance_sum(d, order)
 
 

@@ -141,7 +141,7 @@ def lazy_greedy(
     if k == 0:
         return order, gains
     if _compiled(C, engine):
-        return kernels().lazy_greedy(np.ascontiguousarray(C), k, sum_chunk(C.dtype))
+        return kernels(C.dtype).lazy_greedy(np.ascontiguousarray(C), k, sum_chunk(C.dtype))
     cur = np.zeros(n, dtype=C.dtype)
     first = _first_gains(C, nonnegative)
     heap = [(-g, j, 0) for j, g in enumerate(first.tolist())]
@@ -174,7 +174,7 @@ def prefix_weights(S: np.ndarray, order: np.ndarray, ks, *, symmetric: bool = Fa
     if not ks:
         return out
     if ks[0] >= 1 and _compiled(C, engine):
-        counts = kernels().prefix_counts(np.ascontiguousarray(C), np.asarray(order, dtype=np.int64),
+        counts = kernels(C.dtype).prefix_counts(np.ascontiguousarray(C), np.asarray(order, dtype=np.int64),
                                          np.array(ks, dtype=np.int64))
         return {k: counts[t, :k].copy() for t, k in enumerate(ks)}
     best = np.full(n, -np.inf, dtype=np.float64)
