@@ -16,11 +16,17 @@ As `mint select` does, the memory available now is passed as the engine's memory
     .venv/bin/python bench/selection.py --n 270000 --d 1024 --skip_floor
     .venv/bin/python bench/selection.py --float16_effect --n 8000 --d 1024
     .venv/bin/python bench/selection.py --vs_plain --n 4000 --d 1024
+    .venv/bin/python bench/selection.py --golden --engine numpy     # hashes of 15 selections; equal for every engine
     .venv/bin/python bench/selection.py --n 1000000 --d 1024 --skip_floor --mmap_dir /tmp/feats_1m
 
 `--vs_plain` times, in one run, a plain float64 numpy implementation of the whole automatic
 selection whose lazy greedy is a Python heap with one numpy row operation per pop (the issue's
 baseline), and the engine with `--engine` numba and numpy; it checks that they select the same.
+
+`--golden` prints a hash of each of 15 seeded selections (indices, weights, gains, alpha, errors,
+alpha curve; exact and partitioned, float32 and float64, plain, rounded and duplicated features):
+run it on two versions of the engine, or with two `--engine`s, on one machine (distances come from
+BLAS, whose rounding may differ between machines) and compare.
 
 `--partition_quality` runs the exact engine (automatic alpha) and the partitioned one (the same
 alpha) on the same features and compares them on the exact objective: the facility-location
@@ -346,6 +352,74 @@ def run_vs_plain(n: int, d: int, seed: int, n_jobs: int | None) -> dict:
     return out
 
 
+def _golden_features(n: int, d: int, variant: str) -> dict:
+    f = make_features(n, d, 0)
+    if variant == "rounded":  # exact ties
+        f = {k: np.round(X * 8) / 8 for k, X in f.items()}
+        f = {k: (X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+             for k, X in f.items()}
+    if variant == "dup":  # duplicated rows
+        rng = np.random.default_rng(1)
+        src, dst = rng.integers(0, n, n // 3), rng.integers(0, n, n // 3)
+        f = {k: X.copy() for k, X in f.items()}
+        for X in f.values():
+            X[dst] = X[src]
+    f["sft"] = f["pt"]
+    return f
+
+
+GOLDEN_CASES = {  # name: (n, d, features, settings)
+    "auto_600": (600, 32, "plain", {}),
+    "auto_600_f64": (600, 32, "plain", {"dtype": "float64"}),
+    "auto_600_rounded": (600, 32, "rounded", {}),
+    "auto_600_dup": (600, 32, "dup", {}),
+    "golden_600": (600, 32, "plain", {"alpha_method": "golden"}),
+    "scaled_600": (600, 32, "plain", {"alpha_method": "plateau_scaled"}),
+    "coef_600": (600, 32, "plain", {"coef": (0.2, 1.0, 0.5)}),
+    "craig_600": (600, 32, "plain", {"method": "craig"}),
+    "auto_3000": (3000, 64, "plain", {}),
+    "auto_3000_cached": (3000, 64, "plain", {"alpha": 0.95, "cache_distances": True}),
+    "part_3000": (3000, 64, "plain", {"strategy": "partitioned", "partition_size": 1000}),
+    "part_3000_rounded": (3000, 64, "rounded", {"strategy": "partitioned", "partition_size": 700}),
+    "manual_9000": (9000, 16, "plain", {"ratios": [0.02, 0.05], "alpha": 0.97}),
+    "manual_9000_f64": (9000, 16, "rounded", {"ratios": [0.02], "alpha": 0.5, "dtype": "float64"}),
+    "part_17000": (17000, 16, "plain", {"ratios": [0.01, 0.02], "alpha": 0.9, "strategy": "partitioned",
+                                        "partition_size": 8500}),
+}
+
+
+def result_digest(res) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(res.order).tobytes())
+    h.update(np.ascontiguousarray(res.gains).tobytes())
+    h.update(repr(res.alpha).encode())
+    for r in sorted(res.subsets):
+        s = res.subsets[r]
+        h.update(s.indices.tobytes())
+        h.update(s.weights.tobytes())
+        h.update(repr((s.e_pt, s.e_ifl)).encode())
+    if res.curve is not None:
+        h.update(res.curve.alpha.tobytes())
+        h.update(res.curve.e_pt.tobytes())
+        h.update(res.curve.e_ifl.tobytes())
+    return h.hexdigest()[:16]
+
+
+def run_golden(engine: str, max_n: int) -> dict:
+    from mint import select_coreset
+
+    out = {"engine": engine, "hashes": {}}
+    for name, (n, d, variant, kw) in GOLDEN_CASES.items():
+        if n <= max_n:
+            kw = {"ratios": RATIOS, **kw}
+            res = select_coreset(_golden_features(n, d, variant), n_jobs=1, progress=False, seed=0, engine=engine, **kw)
+            out["hashes"][name] = result_digest(res)
+    out["n"] = max(n for n, *_ in GOLDEN_CASES.values() if n <= max_n)
+    return out
+
+
 def run_exactness(n: int, d: int, seed: int, n_jobs: int | None) -> dict:
     from mint import select_coreset
 
@@ -391,11 +465,15 @@ def main(argv=None) -> int:
     p.add_argument("--mmap_dir", default=None, help="write the features there as .npy and select from memory maps")
     p.add_argument("--float16_effect", action="store_true", help="float16-stored features against float32")
     p.add_argument("--vs_plain", action="store_true", help="the engine against a plain float64 heap lazy greedy")
+    p.add_argument("--golden", action="store_true", help="hashes of 15 seeded selections (compare two versions)")
+    p.add_argument("--golden_max_n", type=int, default=17_000, help="--golden: only the cases with at most this N")
     p.add_argument("--engine", default="auto", choices=["auto", "numba", "numpy"], help="timing: the engine's kernels")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.exactness:
         result = run_exactness(args.n, args.d, args.seed, args.n_jobs)
+    elif args.golden:
+        result = run_golden(args.engine, args.golden_max_n)
     elif args.vs_plain:
         result = run_vs_plain(args.n, args.d, args.seed, args.n_jobs)
     elif args.float16_effect:
