@@ -196,6 +196,7 @@ def run_selection(
     overwrite: bool = False,
     dtype: str = "float32",
     n_jobs: int | None = None,
+    engine: str = "auto",
     plateau_min_alpha: float = alpha_mod.PLATEAU_MIN_ALPHA,
     golden_tol: float = 1e-3,
     golden_max_iter: int = 40,
@@ -208,7 +209,9 @@ def run_selection(
     coreset_{ratio:.2f}.jsonl when `data` is given, selection.npz (order, gains),
     alpha_curve.csv, pareto.png, plateau.png (automatic alpha only), summary.json (which lists
     the coresets) and summary.txt. Every file is written atomically; summary.json last.
-    max_memory_gb: refuse above this estimate (None: the memory available now)."""
+    max_memory_gb: refuse above this estimate (None: the memory available now). engine: the exact
+    engine's kernels (`mint.selection.engine`); not part of the run key, since it does not change the
+    selection."""
     import hashlib
     import json
     from pathlib import Path
@@ -242,7 +245,8 @@ def run_selection(
     limit = int(max_memory_gb * (1 << 30)) if max_memory_gb is not None else available_bytes()
     res = select_coreset(
         features, ratios=ratio_list, method=method, alpha=alpha, alpha_method=alpha_method, coef=coef,
-        preheat_ratio=preheat_ratio, seed=seed, dtype=dtype, n_jobs=n_jobs, plateau_min_alpha=plateau_min_alpha,
+        preheat_ratio=preheat_ratio, seed=seed, dtype=dtype, n_jobs=n_jobs, engine=engine,
+        plateau_min_alpha=plateau_min_alpha,
         golden_tol=golden_tol, golden_max_iter=golden_max_iter, memory_limit_bytes=limit,
         cache_distances=cache_distances, strategy=strategy, partition_size=partition_size, preheat_max=preheat_max,
         part_cache=PartFolder(out / PARTS_DIR, rank=rank, world=world, dist=dist), progress=progress and rank == 0,
