@@ -120,7 +120,8 @@ def _digest(res):
     dict(method="craig"),
     dict(strategy="partitioned", partition_size=400),
     dict(n_jobs=2),
-], ids=["auto", "float64", "golden", "cached", "coef", "craig", "partitioned", "two_workers"])
+    dict(strategy="partitioned", partition_size=400, n_jobs=2),
+], ids=["auto", "float64", "golden", "cached", "coef", "craig", "partitioned", "two_workers", "parts_in_workers"])
 def test_selection_is_the_same_with_either_engine(case):
     feats = {kind: _features(1200, 8, seed, variant) for kind, seed, variant in
              (("sft", 0, "plain"), ("pt", 1, "duplicated"), ("ifl", 2, "rounded"))}

@@ -33,6 +33,7 @@ import numpy as np
 
 from mint.errors import MintError
 from mint.selection.distances import DEFAULT_BLOCK, Combination, cross_distances
+from mint.selection.engine import resolve_engine, warm_up
 from mint.selection.workers import in_workers
 
 __all__ = ["DEFAULT_PARTITION_SIZE", "split_parts", "seat_order", "PartResult", "part_fingerprint", "select_partitioned"]
@@ -148,6 +149,8 @@ def _run_parts(features, parts, counts, *, plan, alpha, run_exact, compute_error
 
         bar = tqdm(total=len(todo), desc="parts", unit="part", leave=False)
     if n_jobs > 1 and len(todo) > 1 and hasattr(os, "fork"):
+        if resolve_engine(plan.engine, max(len(parts[p]) for p in todo)) == "numba":
+            warm_up(plan.dtype)  # compiled once here, inherited by the forked workers
         _SHARED.update(features=features, parts=parts, counts=counts, plan=plan, alpha=alpha, run_exact=run_exact,
                        compute_errors=compute_errors)
         try:
