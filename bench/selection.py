@@ -192,6 +192,11 @@ def run_partition_quality(n: int, d: int, seed: int, n_jobs: int | None, partiti
     out["partitioned_s"] = round(time.perf_counter() - t, 1)
     out["alpha"], out["strategy"] = exact.alpha, part.settings["distance_strategy"]
     out["per_ratio"] = _compare(feats, exact, part, n)
+    t = time.perf_counter()  # the same with k-means parts
+    km = select_coreset(feats, ratios=RATIOS, alpha=exact.alpha, seed=seed, n_jobs=n_jobs, progress=False,
+                        strategy="partitioned", partition_size=partition_size, partition="kmeans")
+    out["kmeans_s"], out["kmeans_strategy"] = round(time.perf_counter() - t, 1), km.settings["distance_strategy"]
+    out["per_ratio_kmeans"] = _compare(feats, exact, km, n)
     return out
 
 

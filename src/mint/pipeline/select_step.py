@@ -191,6 +191,7 @@ def run_selection(
     preheat_max: int = 10_000,
     strategy: str = "auto",
     partition_size: int = 20_000,
+    partition: str = "random",
     seed: int = 0,
     data=None,
     overwrite: bool = False,
@@ -234,6 +235,8 @@ def run_selection(
         "partition_size": partition_size, "seed": seed, "dtype": str(np.dtype(dtype)),
         "plateau_min_alpha": plateau_min_alpha, "golden_tol": golden_tol, "golden_max_iter": golden_max_iter,
     }
+    if partition != "random":  # recorded only when set, so earlier runs keep their run key
+        settings["partition"] = partition
     run_key = hashlib.sha256(json.dumps({"settings": settings, "inputs": inputs, "data": data_prov},
                                         sort_keys=True).encode()).hexdigest()
     rank, world, dist = process_group()  # under torchrun the parts are spread over the ranks; rank 0 writes
@@ -248,7 +251,8 @@ def run_selection(
         preheat_ratio=preheat_ratio, seed=seed, dtype=dtype, n_jobs=n_jobs, engine=engine,
         plateau_min_alpha=plateau_min_alpha,
         golden_tol=golden_tol, golden_max_iter=golden_max_iter, memory_limit_bytes=limit,
-        cache_distances=cache_distances, strategy=strategy, partition_size=partition_size, preheat_max=preheat_max,
+        cache_distances=cache_distances, strategy=strategy, partition_size=partition_size, partition=partition,
+        preheat_max=preheat_max,
         part_cache=PartFolder(out / PARTS_DIR, rank=rank, world=world, dist=dist), progress=progress and rank == 0,
     )
     if rank == 0:

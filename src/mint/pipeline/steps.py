@@ -85,6 +85,7 @@ def select_call(cfg: RunConfig, features_dir: Path, folder: Path, data_path: Pat
     return run_selection(features_dir, folder, ratios=s.ratios, method=s.method, alpha=s.alpha,
                          alpha_method=s.alpha_method, coef=s.coef, preheat_ratio=s.preheat_ratio,
                          preheat_max=s.preheat_max, strategy=s.strategy, partition_size=s.partition_size,
+                         partition=s.partition,
                          seed=cfg.seed, data=data_path, **options)
 
 
@@ -227,7 +228,9 @@ def select(ctx: Context) -> None:
         result = select_call(cfg, ctx.run.abs(grads_info.outputs["dir"]), folder, ctx.train_path, overwrite=True)
         return {"dir": ctx.run.rel(folder), "alpha": result.alpha}
 
-    info = ctx.run.step("select", {"grads": grads_info.key, "selection": asdict(cfg.selection), "seed": cfg.seed}, do)
+    # partition joins the key only when set, so runs made before the setting existed stay up to date
+    selection = {k: v for k, v in asdict(cfg.selection).items() if not (k == "partition" and v == "random")}
+    info = ctx.run.step("select", {"grads": grads_info.key, "selection": selection, "seed": cfg.seed}, do)
     ctx.infos["select"] = info
     ctx.select_dir = ctx.run.abs(info.outputs["dir"])
 

@@ -29,6 +29,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from mint.choices import FEATURE_KINDS as KINDS
+from mint.choices import SELECTION_PARTITIONS
+from mint.errors import MintError
 from mint.selection import alpha as alpha_mod
 from mint.selection.distances import (
     DEFAULT_BLOCK,
@@ -341,6 +343,7 @@ def select_coreset(
     cache_distances: bool | None = None,
     strategy: str = "auto",
     partition_size: int = DEFAULT_PARTITION_SIZE,
+    partition: str = "random",
     preheat_max: int = 10_000,  # the pre-sample's cap: alpha from at most 10,000 rows at any N
     part_cache=None,
     engine: str = "auto",
@@ -364,6 +367,8 @@ def select_coreset(
     strategy: exact (one N x N matrix) | partitioned (parts of at most `partition_size` rows,
       `mint.selection.partition`) | auto (exact while its memory estimate fits the limit; without
       a limit, while N <= partition_size).
+    partition: random (seeded) | kmeans parts (k-means on the features of the combined distance,
+      clusters cut to at most `partition_size` rows; `mint.selection.partition.kmeans_parts`).
     preheat_max: the automatic alpha's pre-sample has min(round(preheat_ratio * N), preheat_max) rows.
     part_cache: for a partitioned selection, an object with `get(part, fingerprint)` and
       `put(part, fingerprint, result)` that keeps finished parts (the caller's storage; see
@@ -378,6 +383,9 @@ def select_coreset(
                  plateau_min_alpha=plateau_min_alpha, golden_tol=golden_tol, golden_max_iter=golden_max_iter,
                  engine=engine)
     check_strategy(strategy)
+    if partition not in SELECTION_PARTITIONS:
+        raise MintError(f"partition {partition!r} is not one of {', '.join(SELECTION_PARTITIONS)}; use random (the "
+                        "default) or kmeans")
     if n_jobs is not None:
         check_count(n_jobs, "n_jobs", 1, "the number of worker processes (None: every available core)")
     partition_size = check_count(partition_size, "partition_size", 2, "a part must hold at least 2 rows")
@@ -408,8 +416,8 @@ def select_coreset(
             order, gains, weights, errors, n_parts = select_partitioned(
                 features, plan, chosen_alpha, combo, partition_size=partition_size, run_exact=run,
                 n_jobs=est["partitioned"]["workers"], compute_errors=compute_errors, block=block, progress=progress,
-                part_cache=part_cache)
-            used = f"partitioned ({n_parts} parts)"
+                part_cache=part_cache, partition=partition)
+            used = f"partitioned ({n_parts} parts)" if partition == "random" else f"partitioned ({n_parts} k-means parts)"
     result = _result(plan, order=order, gains=gains, weights=weights, errors=errors, alpha=chosen_alpha, curve=curve,
                      strategy=used)
     _log_stage("total", t0)
