@@ -15,7 +15,18 @@ As `mint select` does, the memory available now is passed as the engine's memory
     .venv/bin/python bench/selection.py --partition_quality --n 20000 --d 1024 --partition_size 5000
     .venv/bin/python bench/selection.py --n 270000 --d 1024 --skip_floor
     .venv/bin/python bench/selection.py --float16_effect --n 8000 --d 1024
+    .venv/bin/python bench/selection.py --vs_plain --n 4000 --d 1024
+    .venv/bin/python bench/selection.py --golden --engine numpy     # hashes of 15 selections; equal for every engine
     .venv/bin/python bench/selection.py --n 1000000 --d 1024 --skip_floor --mmap_dir /tmp/feats_1m
+
+`--vs_plain` times, in one run, a plain float64 numpy implementation of the whole automatic
+selection whose lazy greedy is a Python heap with one numpy row operation per pop (the issue's
+baseline), and the engine with `--engine` numba and numpy; it checks that they select the same.
+
+`--golden` prints a hash of each of 15 seeded selections (indices, weights, gains, alpha, errors,
+alpha curve; exact and partitioned, float32 and float64, plain, rounded and duplicated features):
+run it on two versions of the engine, or with two `--engine`s, on one machine (distances come from
+BLAS, whose rounding may differ between machines) and compare.
 
 `--partition_quality` runs the exact engine (automatic alpha) and the partitioned one (the same
 alpha) on the same features and compares them on the exact objective: the facility-location
@@ -181,6 +192,11 @@ def run_partition_quality(n: int, d: int, seed: int, n_jobs: int | None, partiti
     out["partitioned_s"] = round(time.perf_counter() - t, 1)
     out["alpha"], out["strategy"] = exact.alpha, part.settings["distance_strategy"]
     out["per_ratio"] = _compare(feats, exact, part, n)
+    t = time.perf_counter()  # the same with k-means parts
+    km = select_coreset(feats, ratios=RATIOS, alpha=exact.alpha, seed=seed, n_jobs=n_jobs, progress=False,
+                        strategy="partitioned", partition_size=partition_size, partition="kmeans")
+    out["kmeans_s"], out["kmeans_strategy"] = round(time.perf_counter() - t, 1), km.settings["distance_strategy"]
+    out["per_ratio_kmeans"] = _compare(feats, exact, km, n)
     return out
 
 
@@ -198,7 +214,7 @@ def run_float16_effect(n: int, d: int, seed: int, n_jobs: int | None) -> dict:
 
 
 def run_timing(n: int, d: int, seed: int, n_jobs: int | None, skip_floor: bool, alpha: float | None = None,
-               strategy: str = "auto", partition_size: int = 20_000, mmap_dir=None) -> dict:
+               strategy: str = "auto", partition_size: int = 20_000, mmap_dir=None, engine: str = "auto") -> dict:
     from mint import select_coreset
     from mint.selection.distances import alpha_combination, combined_distances
 
@@ -206,14 +222,17 @@ def run_timing(n: int, d: int, seed: int, n_jobs: int | None, skip_floor: bool, 
     feats = make_features(n, d, seed, folder=mmap_dir)
     gen_s = time.perf_counter() - t
     out = {"n": n, "d": d, "seed": seed, "generate_s": round(gen_s, 1), "load_before": os.getloadavg(),
-           "features": "memory-mapped .npy" if mmap_dir else "in memory"}
+           "features": "memory-mapped .npy" if mmap_dir else "in memory", "engine": engine}
+    select_coreset({k: X[:64] for k, X in feats.items()}, ratios=RATIOS, engine=engine, n_jobs=1,
+                   progress=False)  # compile or load the kernels outside the timing
     base = _rss_now_gib()
     _rss_reset()
     cpu0 = _cpu_s()
     t = time.perf_counter()
     with _StageTimes() as stages:
         res = select_coreset(feats, ratios=RATIOS, alpha=alpha, seed=seed, n_jobs=n_jobs, progress=False,
-                             memory_limit_bytes=_available_bytes(), strategy=strategy, partition_size=partition_size)
+                             memory_limit_bytes=_available_bytes(), strategy=strategy, partition_size=partition_size,
+                             engine=engine)
     out["strategy"] = res.settings["distance_strategy"]
     select_s = time.perf_counter() - t
     out["select_s"] = round(select_s, 2)
@@ -249,6 +268,25 @@ def _dense_distances(X: np.ndarray) -> np.ndarray:
     return D
 
 
+def _plain_lazy_greedy(S: np.ndarray, k: int) -> np.ndarray:
+    """Lazy greedy with a Python heap and one numpy row operation per pop (S symmetric)."""
+    import heapq
+
+    cur = np.zeros(len(S))
+    heap = [(-g, j) for j, g in enumerate(S.sum(axis=1).tolist())]
+    heapq.heapify(heap)
+    order: list[int] = []
+    while len(order) < k:
+        _, j = heapq.heappop(heap)
+        g = float(np.maximum(S[j] - cur, 0).sum())
+        if not heap or g >= -heap[0][0]:
+            order.append(j)
+            cur = np.maximum(cur, S[j])
+        else:
+            heapq.heappush(heap, (-g, j))
+    return np.array(order)
+
+
 def _dense_greedy(S: np.ndarray, k: int) -> np.ndarray:
     cur = np.zeros(len(S))
     chosen = np.zeros(len(S), bool)
@@ -263,8 +301,8 @@ def _dense_greedy(S: np.ndarray, k: int) -> np.ndarray:
     return np.array(order)
 
 
-def dense_reference(feats: dict, seed: int = 0, preheat: float = 0.3):
-    """MINT selection written the plain way: dense float64 matrices, naive greedy."""
+def dense_reference(feats: dict, seed: int = 0, preheat: float = 0.3, greedy=_dense_greedy):
+    """MINT selection written the plain way: dense float64 matrices, naive greedy (or `greedy`)."""
     from mint.selection.alpha import alpha_grid, detect_plateau
 
     n = len(feats["pt"])
@@ -276,17 +314,115 @@ def dense_reference(feats: dict, seed: int = 0, preheat: float = 0.3):
     e_ifl = []
     for a in alphas:
         D = d_pt / a + d_ifl / (1 - a)
-        order = _dense_greedy(D.max() - D, k_pre)
+        order = greedy(D.max() - D, k_pre)
         e_ifl.append(d_ifl[:, order].min(axis=1).sum())
     a = float(alphas[detect_plateau(alphas, np.array(e_ifl)).index])
     D = _dense_distances(feats["pt"]) / a + _dense_distances(feats["ifl"]) / (1 - a)
     S = D.max() - D
-    order = _dense_greedy(S, max(1, round(max(RATIOS) * n)))
+    order = greedy(S, max(1, round(max(RATIOS) * n)))
     weights = {}
     for r in RATIOS:
         sel = order[: max(1, round(r * n))]
         weights[r] = np.bincount(np.argmax(S[:, sel], axis=1), minlength=len(sel)).astype(float)
     return a, order, weights, S
+
+
+def run_vs_plain(n: int, d: int, seed: int, n_jobs: int | None) -> dict:
+    """The engine (numba and numpy kernels) against the plain float64 lazy greedy with a heap,
+    each on the whole automatic selection of the same features."""
+    from mint import select_coreset
+
+    feats = make_features(n, d, seed)
+    out = {"n": n, "d": d, "seed": seed, "n_jobs": n_jobs, "load_before": os.getloadavg()}
+    cpu0, t = _cpu_s(), time.perf_counter()
+    a_ref, order_ref, _, _ = dense_reference(feats, seed, greedy=_plain_lazy_greedy)
+    out["plain_s"], out["plain_cpu_s"] = round(time.perf_counter() - t, 2), round(_cpu_s() - cpu0, 2)
+    out["plain_alpha"] = a_ref
+    for engine in ("numba", "numpy"):
+        select_coreset({k: X[:64] for k, X in feats.items()}, ratios=RATIOS, engine=engine, n_jobs=1,
+                       progress=False)  # compile or load the kernels outside the timing
+        with _StageTimes() as stages:
+            cpu0, t = _cpu_s(), time.perf_counter()
+            res = select_coreset(feats, ratios=RATIOS, seed=seed, n_jobs=n_jobs, progress=False, engine=engine,
+                                 memory_limit_bytes=_available_bytes())
+            seconds, cpu = time.perf_counter() - t, _cpu_s() - cpu0
+        # CPU seconds (this process and its scan workers) matter on a shared machine: wall times
+        # swing with the other jobs' load, CPU seconds much less
+        out[engine] = {"select_s": round(seconds, 2), "select_cpu_s": round(cpu, 2),
+                       "speedup_vs_plain": round(out["plain_s"] / seconds, 2),
+                       "cpu_speedup_vs_plain": round(out["plain_cpu_s"] / cpu, 2), "alpha": res.alpha,
+                       "overlap_with_plain": round(len(set(res.order.tolist()) & set(order_ref.tolist())) / len(order_ref), 3),
+                       "stages_s": {k: round(v, 2) for k, v in stages.seconds.items()}}
+    out["load_after"] = os.getloadavg()
+    return out
+
+
+def _golden_features(n: int, d: int, variant: str) -> dict:
+    f = make_features(n, d, 0)
+    if variant == "rounded":  # exact ties
+        f = {k: np.round(X * 8) / 8 for k, X in f.items()}
+        f = {k: (X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+             for k, X in f.items()}
+    if variant == "dup":  # duplicated rows
+        rng = np.random.default_rng(1)
+        src, dst = rng.integers(0, n, n // 3), rng.integers(0, n, n // 3)
+        f = {k: X.copy() for k, X in f.items()}
+        for X in f.values():
+            X[dst] = X[src]
+    f["sft"] = f["pt"]
+    return f
+
+
+GOLDEN_CASES = {  # name: (n, d, features, settings)
+    "auto_600": (600, 32, "plain", {}),
+    "auto_600_f64": (600, 32, "plain", {"dtype": "float64"}),
+    "auto_600_rounded": (600, 32, "rounded", {}),
+    "auto_600_dup": (600, 32, "dup", {}),
+    "golden_600": (600, 32, "plain", {"alpha_method": "golden"}),
+    "scaled_600": (600, 32, "plain", {"alpha_method": "plateau_scaled"}),
+    "coef_600": (600, 32, "plain", {"coef": (0.2, 1.0, 0.5)}),
+    "craig_600": (600, 32, "plain", {"method": "craig"}),
+    "auto_3000": (3000, 64, "plain", {}),
+    "auto_3000_cached": (3000, 64, "plain", {"alpha": 0.95, "cache_distances": True}),
+    "part_3000": (3000, 64, "plain", {"strategy": "partitioned", "partition_size": 1000}),
+    "part_3000_rounded": (3000, 64, "rounded", {"strategy": "partitioned", "partition_size": 700}),
+    "manual_9000": (9000, 16, "plain", {"ratios": [0.02, 0.05], "alpha": 0.97}),
+    "manual_9000_f64": (9000, 16, "rounded", {"ratios": [0.02], "alpha": 0.5, "dtype": "float64"}),
+    "part_17000": (17000, 16, "plain", {"ratios": [0.01, 0.02], "alpha": 0.9, "strategy": "partitioned",
+                                        "partition_size": 8500}),
+}
+
+
+def result_digest(res) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(res.order).tobytes())
+    h.update(np.ascontiguousarray(res.gains).tobytes())
+    h.update(repr(res.alpha).encode())
+    for r in sorted(res.subsets):
+        s = res.subsets[r]
+        h.update(s.indices.tobytes())
+        h.update(s.weights.tobytes())
+        h.update(repr((s.e_pt, s.e_ifl)).encode())
+    if res.curve is not None:
+        h.update(res.curve.alpha.tobytes())
+        h.update(res.curve.e_pt.tobytes())
+        h.update(res.curve.e_ifl.tobytes())
+    return h.hexdigest()[:16]
+
+
+def run_golden(engine: str, max_n: int) -> dict:
+    from mint import select_coreset
+
+    out = {"engine": engine, "hashes": {}}
+    for name, (n, d, variant, kw) in GOLDEN_CASES.items():
+        if n <= max_n:
+            kw = {"ratios": RATIOS, **kw}
+            res = select_coreset(_golden_features(n, d, variant), n_jobs=1, progress=False, seed=0, engine=engine, **kw)
+            out["hashes"][name] = result_digest(res)
+    out["n"] = max(n for n, *_ in GOLDEN_CASES.values() if n <= max_n)
+    return out
 
 
 def run_exactness(n: int, d: int, seed: int, n_jobs: int | None) -> dict:
@@ -333,10 +469,18 @@ def main(argv=None) -> int:
     p.add_argument("--partition_quality", action="store_true", help="partitioned against exact on the exact objective")
     p.add_argument("--mmap_dir", default=None, help="write the features there as .npy and select from memory maps")
     p.add_argument("--float16_effect", action="store_true", help="float16-stored features against float32")
+    p.add_argument("--vs_plain", action="store_true", help="the engine against a plain float64 heap lazy greedy")
+    p.add_argument("--golden", action="store_true", help="hashes of 15 seeded selections (compare two versions)")
+    p.add_argument("--golden_max_n", type=int, default=17_000, help="--golden: only the cases with at most this N")
+    p.add_argument("--engine", default="auto", choices=["auto", "numba", "numpy"], help="timing: the engine's kernels")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.exactness:
         result = run_exactness(args.n, args.d, args.seed, args.n_jobs)
+    elif args.golden:
+        result = run_golden(args.engine, args.golden_max_n)
+    elif args.vs_plain:
+        result = run_vs_plain(args.n, args.d, args.seed, args.n_jobs)
     elif args.float16_effect:
         result = run_float16_effect(args.n, args.d, args.seed, args.n_jobs)
     elif args.partition_quality:
@@ -345,7 +489,7 @@ def main(argv=None) -> int:
         result = run_one_alpha(args.n, args.d, args.seed, args.one_alpha)
     else:
         result = run_timing(args.n, args.d, args.seed, args.n_jobs, args.skip_floor, args.alpha, args.strategy,
-                            args.partition_size, args.mmap_dir)
+                            args.partition_size, args.mmap_dir, args.engine)
     result["cpus"] = len(os.sched_getaffinity(0))
     print(json.dumps(result, default=str))
     return 0

@@ -20,13 +20,15 @@ pytestmark = pytest.mark.slow
     ["--partition_quality", "--n", "300", "--d", "16", "--partition_size", "100", "--n_jobs", "1"],
     ["--float16_effect", "--n", "300", "--d", "16", "--n_jobs", "1"],
     ["--exactness", "--n", "120", "--d", "16", "--n_jobs", "1"],
-], ids=["timing", "partitioned", "partition_quality", "float16_effect", "exactness"])
+    ["--vs_plain", "--n", "200", "--d", "16", "--n_jobs", "1"],
+    ["--golden", "--golden_max_n", "600", "--engine", "numba"],
+], ids=["timing", "partitioned", "partition_quality", "float16_effect", "exactness", "vs_plain", "golden"])
 def test_selection_benchmark_modes_run(mode, tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "bench" / "selection.py"), *mode], capture_output=True,
                             text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["n"] == int(mode[mode.index("--n") + 1])
+    assert out["n"] == int(mode[mode.index("--n") + 1] if "--n" in mode else 600)
 
 
 @pytest.mark.parametrize("script,extra", [

@@ -17,6 +17,8 @@ LR_SCHEDULER_TYPES = ("linear", "cosine", "cosine_with_restarts", "polynomial", 
                       "inverse_sqrt")
 FEATURE_KINDS = ("sft", "pt", "ifl")  # the three gradient features
 SELECTION_STRATEGIES = ("auto", "exact", "partitioned")  # one N x N matrix, or parts of bounded size
+SELECTION_PARTITIONS = ("random", "kmeans")  # how a partitioned selection splits the rows
+SELECTION_ENGINES = ("auto", "numba", "numpy")  # the exact engine's greedy: compiled, or numpy (same bytes)
 MATERIALIZE = ("none", "replicate", "resample")  # exports for trainers that ignore weights
 DEVICES = "use auto, cpu, cuda, cuda:N (N = a GPU's index) or mps"  # devices are a pattern, not a list
 

@@ -29,7 +29,7 @@ def _cases():
 
     t, w, g, e, s = CFG.train, CFG.warmup, CFG.grads, CFG.eval, CFG.selection
     selection = {"ratios": s.ratios, "method": s.method, "alpha": s.alpha, "alpha_method": s.alpha_method,
-                 "coef": s.coef, "preheat_ratio": s.preheat_ratio, "seed": CFG.seed}
+                 "coef": s.coef, "preheat_ratio": s.preheat_ratio, "seed": CFG.seed, "partition": s.partition}
     return [
         (run_warmup, {"sample_ratio": w.sample_ratio, "epochs": w.epochs, "lr": w.lr, "seed": CFG.seed}),
         (train_lora, {"epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size, "grad_accum": t.grad_accum,

@@ -74,3 +74,11 @@ def test_the_engine_reads_no_machine_state():
     for f in sorted(SELECTION_DIR.glob("*.py")):
         text = f.read_text()
         assert "/proc/" not in text and "meminfo" not in text, f.name
+
+
+def test_importing_the_engine_does_not_import_numba():
+    # the compiled kernels are imported (and compiled, or loaded from numba's cache) on first use
+    code = "import sys, mint, mint.selection; from mint import select_coreset; print('numba' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"

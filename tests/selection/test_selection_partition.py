@@ -154,3 +154,36 @@ def test_float16_features_select_as_their_float32_values():
     cast = {k: X.astype(np.float32) for k, X in half.items()}
     for kw in (dict(strategy="exact"), dict(strategy="partitioned", partition_size=100), dict()):
         _same(select_coreset(half, **KW, **kw), select_coreset(cast, **KW, **kw))
+
+
+def test_kmeans_parts_cover_the_rows_fit_and_follow_the_clusters():
+    from mint.selection.distances import alpha_combination
+    from mint.selection.partition import kmeans_parts
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 6)) * 5
+    label = rng.integers(0, 4, 900)
+    feats = {k: (centres[label] + rng.normal(size=(900, 6))).astype(np.float32) for k in ("pt", "ifl")}
+    combo = alpha_combination(0.6)
+    parts = kmeans_parts(feats, combo, 900, 240, seed=1)  # 4 centres for the 4 clusters
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(900))
+    assert all(len(p) <= 240 and np.all(np.diff(p) > 0) for p in parts)
+    # each part is (nearly) one cluster: the points of a part share their true label
+    purity = [np.bincount(label[p]).max() / len(p) for p in parts]
+    assert min(purity) > 0.95
+    again = kmeans_parts(feats, combo, 900, 240, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))  # same seed, same parts
+    assert kmeans_parts(feats, combo, 900, 1000, seed=1)[0].tolist() == list(range(900))  # one part
+
+
+def test_kmeans_partitioned_selection_is_well_formed_and_checked():
+    feats = _features(n=600)
+    res = select_coreset(feats, strategy="partitioned", partition_size=200, partition="kmeans", **KW)
+    assert "k-means parts" in res.settings["distance_strategy"]
+    for sub in res.subsets.values():
+        assert sub.weights.sum() == 600 and len(set(sub.indices.tolist())) == len(sub.indices)
+    two = select_coreset(feats, strategy="partitioned", partition_size=200, partition="kmeans",
+                         **{**KW, "n_jobs": 2})
+    assert two.order.tobytes() == res.order.tobytes()
+    with pytest.raises(MintError, match="partition 'tree' is not one of random, kmeans"):
+        select_coreset(feats, strategy="partitioned", partition="tree", **KW)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mint.choices import SELECTION_ENGINES
 from mint.commands.options import add_config_options, config_from_args
 from mint.commands.session import add_wait_option
 
@@ -18,13 +19,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p, [("selection.ratios", "--ratios"), ("selection.method", "--method"), ("selection.alpha", "--alpha"),
             ("selection.coef", "--coef"), ("selection.alpha_method", "--alpha_method"),
             ("selection.preheat_ratio", "--preheat_ratio"), ("selection.preheat_max", "--preheat_max"),
-            ("selection.strategy", "--strategy"), ("selection.partition_size", "--partition_size"), "seed",
+            ("selection.strategy", "--strategy"), ("selection.partition_size", "--partition_size"),
+            ("selection.partition", "--partition"), "seed",
             ("data.train", "--data")],
         overrides={"selection.coef": {"nargs": 3, "metavar": ("C_SFT", "C_PT", "C_IFL")},
                    "data.train": {"metavar": "FILE", "help": "the data file the features came from: also write the "
                                                              "selected records as coreset_R.jsonl"}})
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="distance precision: float32 (fast, default) or float64 (half the size limit, exact)")
+    p.add_argument("--engine", default="auto", choices=list(SELECTION_ENGINES),
+                   help="the exact engine's greedy, weights and alpha scan: numba (compiled), numpy, or auto (numba "
+                        "when installed and the matrix has >= 1,000 rows). The same selection either way")
     p.add_argument("--n_jobs", type=int, default=None,
                    help="worker processes for the alpha scan and the parts of a partitioned selection (default: all cores)")
     p.add_argument("--plateau_min_alpha", type=float, default=0.95,
@@ -53,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     with output_folder(args, args.output_dir):
         select_call(cfg, Path(args.features), Path(args.output_dir), cfg.data.train, overwrite=args.overwrite,
-                    dtype=args.dtype, n_jobs=args.n_jobs, plateau_min_alpha=args.plateau_min_alpha,
+                    dtype=args.dtype, n_jobs=args.n_jobs, engine=args.engine, plateau_min_alpha=args.plateau_min_alpha,
                     golden_tol=args.golden_tol, golden_max_iter=args.golden_max_iter,
                     max_memory_gb=args.max_memory_gb, progress=not args.no_progress,
                     cache_distances={"auto": None, "on": True, "off": False}[args.distance_cache])

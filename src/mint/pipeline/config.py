@@ -140,6 +140,9 @@ class SelectionConfig:
                        choices=choices.SELECTION_STRATEGIES)
     partition_size: int = _f(20_000, "rows per part of the partitioned selection (a part's matrix: 1.6 GB at "
                                      "20,000)")
+    partition: str = _f("random", "how the partitioned selection splits the rows: random (seeded) | kmeans "
+                                  "(k-means on the features, clusters cut to partition_size)",
+                        choices=choices.SELECTION_PARTITIONS)
 
 
 @dataclass

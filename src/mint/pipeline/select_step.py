@@ -191,11 +191,13 @@ def run_selection(
     preheat_max: int = 10_000,
     strategy: str = "auto",
     partition_size: int = 20_000,
+    partition: str = "random",
     seed: int = 0,
     data=None,
     overwrite: bool = False,
     dtype: str = "float32",
     n_jobs: int | None = None,
+    engine: str = "auto",
     plateau_min_alpha: float = alpha_mod.PLATEAU_MIN_ALPHA,
     golden_tol: float = 1e-3,
     golden_max_iter: int = 40,
@@ -208,7 +210,9 @@ def run_selection(
     coreset_{ratio:.2f}.jsonl when `data` is given, selection.npz (order, gains),
     alpha_curve.csv, pareto.png, plateau.png (automatic alpha only), summary.json (which lists
     the coresets) and summary.txt. Every file is written atomically; summary.json last.
-    max_memory_gb: refuse above this estimate (None: the memory available now)."""
+    max_memory_gb: refuse above this estimate (None: the memory available now). engine: the exact
+    engine's kernels (`mint.selection.engine`); not part of the run key, since it does not change the
+    selection."""
     import hashlib
     import json
     from pathlib import Path
@@ -231,6 +235,8 @@ def run_selection(
         "partition_size": partition_size, "seed": seed, "dtype": str(np.dtype(dtype)),
         "plateau_min_alpha": plateau_min_alpha, "golden_tol": golden_tol, "golden_max_iter": golden_max_iter,
     }
+    if partition != "random":  # recorded only when set, so earlier runs keep their run key
+        settings["partition"] = partition
     run_key = hashlib.sha256(json.dumps({"settings": settings, "inputs": inputs, "data": data_prov},
                                         sort_keys=True).encode()).hexdigest()
     rank, world, dist = process_group()  # under torchrun the parts are spread over the ranks; rank 0 writes
@@ -242,9 +248,11 @@ def run_selection(
     limit = int(max_memory_gb * (1 << 30)) if max_memory_gb is not None else available_bytes()
     res = select_coreset(
         features, ratios=ratio_list, method=method, alpha=alpha, alpha_method=alpha_method, coef=coef,
-        preheat_ratio=preheat_ratio, seed=seed, dtype=dtype, n_jobs=n_jobs, plateau_min_alpha=plateau_min_alpha,
+        preheat_ratio=preheat_ratio, seed=seed, dtype=dtype, n_jobs=n_jobs, engine=engine,
+        plateau_min_alpha=plateau_min_alpha,
         golden_tol=golden_tol, golden_max_iter=golden_max_iter, memory_limit_bytes=limit,
-        cache_distances=cache_distances, strategy=strategy, partition_size=partition_size, preheat_max=preheat_max,
+        cache_distances=cache_distances, strategy=strategy, partition_size=partition_size, partition=partition,
+        preheat_max=preheat_max,
         part_cache=PartFolder(out / PARTS_DIR, rank=rank, world=world, dist=dist), progress=progress and rank == 0,
     )
     if rank == 0:

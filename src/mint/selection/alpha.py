@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from mint.selection.distances import alpha_combination, combine_matrices, min_distance_sum
+from mint.selection.engine import kernels, resolve_engine, sum_chunk, warm_up
 from mint.selection.facility import lazy_greedy, similarity_from_distance
 from mint.selection.workers import in_workers, resolve_jobs
 
@@ -152,20 +153,38 @@ class AlphaCurve:
         return "\n".join(lines) + "\n"
 
 
-def alpha_similarity(d_pt: np.ndarray, d_ifl: np.ndarray, alpha: float, out: np.ndarray) -> np.ndarray:
+def _compiled(d: np.ndarray, *others: np.ndarray, engine: str) -> bool:
+    """Whether the compiled kernels run on these whole matrices (same float32/float64 dtype, C order)."""
+    same = all(o.dtype == d.dtype and o.flags.c_contiguous for o in (d, *others))
+    return same and d.dtype in (np.float32, np.float64) and resolve_engine(engine, d.shape[0]) == "numba"
+
+
+def alpha_similarity(d_pt: np.ndarray, d_ifl: np.ndarray, alpha: float, out: np.ndarray,
+                     engine: str = "auto") -> np.ndarray:
     """`S_a = max(D_a) - D_a` into `out` from the two whole distance matrices (no second n x n
     temporary); the pre-sample scan and the cached full-N stage both use it."""
-    top = combine_matrices(alpha_combination(alpha), {"pt": d_pt, "ifl": d_ifl}, out)
+    combination = alpha_combination(alpha)
+    if _compiled(d_pt, d_ifl, out, engine=engine):
+        a, b = (out.dtype.type(f) for f in combination.factors)  # numpy's rounding of a Python float
+        kernels(out.dtype).alpha_similarity(d_pt, d_ifl, a, b, out)
+        return out
+    top = combine_matrices(combination, {"pt": d_pt, "ifl": d_ifl}, out)
     return similarity_from_distance(out, out=out, top=top)
 
 
-def evaluate_alpha(d_pt, d_ifl, alpha: float, k: int, buffer: np.ndarray | None = None):
+def _min_sum(d: np.ndarray, order: np.ndarray, engine: str) -> float:
+    if _compiled(d, engine=engine):
+        return float(kernels(d.dtype).prefix_min_sums(d, order, np.array([len(order)], dtype=np.int64), sum_chunk(d.dtype))[0])
+    return min_distance_sum(d, order)
+
+
+def evaluate_alpha(d_pt, d_ifl, alpha: float, k: int, buffer: np.ndarray | None = None, engine: str = "auto"):
     """Greedy on the pre-sample for one alpha; returns (e_pt, e_ifl, order)."""
     if buffer is None:
         buffer = np.empty_like(d_pt)
-    S = alpha_similarity(d_pt, d_ifl, alpha, buffer)
-    order, _ = lazy_greedy(S, k, symmetric=True, nonnegative=True)
-    return min_distance_sum(d_pt, order), min_distance_sum(d_ifl, order), order
+    S = alpha_similarity(d_pt, d_ifl, alpha, buffer, engine=engine)
+    order, _ = lazy_greedy(S, k, symmetric=True, nonnegative=True, engine=engine)
+    return _min_sum(d_pt, order, engine), _min_sum(d_ifl, order, engine), order
 
 
 # Shared with forked workers: set just before the pool starts, read-only in the children.
@@ -173,16 +192,20 @@ _SHARED: dict = {}
 
 
 def _worker(alphas: list[float]) -> list[tuple[float, float]]:
-    d_pt, d_ifl, k = _SHARED["d_pt"], _SHARED["d_ifl"], _SHARED["k"]
+    d_pt, d_ifl, k, engine = _SHARED["d_pt"], _SHARED["d_ifl"], _SHARED["k"], _SHARED["engine"]
     buf = np.empty_like(d_pt)
-    return [evaluate_alpha(d_pt, d_ifl, a, k, buf)[:2] for a in alphas]
+    return [evaluate_alpha(d_pt, d_ifl, a, k, buf, engine)[:2] for a in alphas]
 
 
-def scan_alphas(d_pt, d_ifl, alphas, k: int, *, n_jobs: int | None = None, progress: bool = True):
+def scan_alphas(d_pt, d_ifl, alphas, k: int, *, n_jobs: int | None = None, progress: bool = True,
+                engine: str = "auto"):
     """`E_PT`, `E_IFL` (float64 arrays) on the pre-sample for every alpha. With `n_jobs > 1`,
     alphas are spread over forked worker processes that share the two matrices."""
     alphas = [float(a) for a in alphas]
     n_jobs = resolve_jobs(n_jobs, len(alphas))
+    engine = resolve_engine(engine, d_pt.shape[0])
+    if engine == "numba" and n_jobs > 1:
+        warm_up(d_pt.dtype)  # the forked workers inherit the compiled kernels
     results: list[tuple[float, float] | None] = [None] * len(alphas)
     bar = None
     if progress:
@@ -192,7 +215,7 @@ def scan_alphas(d_pt, d_ifl, alphas, k: int, *, n_jobs: int | None = None, progr
     # small chunks keep both workers busy to the end; results go back in grid order
     chunks = [list(range(s, min(s + 4, len(alphas)))) for s in range(0, len(alphas), 4)]
     if n_jobs > 1:
-        _SHARED.update(d_pt=d_pt, d_ifl=d_ifl, k=k)
+        _SHARED.update(d_pt=d_pt, d_ifl=d_ifl, k=k, engine=engine)
         try:
             done = in_workers(_worker, n_jobs, [[alphas[i] for i in c] for c in chunks],
                                on_result=lambda values: bar.update(len(values)) if bar is not None else None)
@@ -205,7 +228,7 @@ def scan_alphas(d_pt, d_ifl, alphas, k: int, *, n_jobs: int | None = None, progr
         buf = np.empty_like(d_pt)
         for c in chunks:
             for i in c:
-                results[i] = evaluate_alpha(d_pt, d_ifl, alphas[i], k, buf)[:2]
+                results[i] = evaluate_alpha(d_pt, d_ifl, alphas[i], k, buf, engine)[:2]
             if bar is not None:
                 bar.update(len(c))
     if bar is not None:

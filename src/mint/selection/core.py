@@ -29,6 +29,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from mint.choices import FEATURE_KINDS as KINDS
+from mint.choices import SELECTION_PARTITIONS
+from mint.errors import MintError
 from mint.selection import alpha as alpha_mod
 from mint.selection.distances import (
     DEFAULT_BLOCK,
@@ -39,6 +41,7 @@ from mint.selection.distances import (
     pairwise_distances,
     prefix_min_sums,
 )
+from mint.selection.engine import check_engine
 from mint.selection.facility import lazy_greedy, prefix_weights, similarity_from_distance
 from mint.selection.memory import check_limit, check_memory, choose_strategy, estimate_memory, estimate_strategies
 from mint.selection.partition import DEFAULT_PARTITION_SIZE, select_partitioned
@@ -99,6 +102,7 @@ class _Plan:
     plateau_min_alpha: float
     golden_tol: float
     golden_max_iter: int
+    engine: str = "auto"  # compiled or numpy kernels (`mint.selection.engine`); the same bytes either way
 
     @property
     def n_pre(self) -> int:
@@ -124,9 +128,10 @@ def _log_stage(stage: str, t0: float, message: str = "", *args) -> None:
 
 
 def _plan(features, ratios, *, method, alpha, alpha_method, coef, preheat_ratio, preheat_max, seed, dtype,
-          plateau_min_alpha, golden_tol, golden_max_iter) -> _Plan:
+          plateau_min_alpha, golden_tol, golden_max_iter, engine) -> _Plan:
     check_settings(method, alpha, alpha_method, coef, preheat_ratio, dtype)
     check_count(preheat_max, "preheat_max", 2, "the alpha search needs a pre-sample of at least 2 rows")
+    check_engine(engine)
     auto = method == "mint" and alpha is None and coef is None
     if method == "mint":
         if coef is not None:
@@ -148,7 +153,7 @@ def _plan(features, ratios, *, method, alpha, alpha_method, coef, preheat_ratio,
             warnings.warn(f"ratio {r} selects all {n} examples; each gets weight 1", stacklevel=3)
             logger.warning("ratio %s selects all %d examples; each gets weight 1", r, n)
     return _Plan(method, auto, coef, needed, n, ratio_list, ks, np.dtype(dtype), alpha_method, preheat_ratio,
-                 int(preheat_max), seed, plateau_min_alpha, golden_tol, golden_max_iter)
+                 int(preheat_max), seed, plateau_min_alpha, golden_tol, golden_max_iter, engine)
 
 
 # ----------------------------------------------------------------------------- 2. memory
@@ -177,7 +182,7 @@ def _choose_alpha(features, plan: _Plan, *, n_jobs, block, progress) -> tuple[fl
         buf = np.empty_like(d_pt)
 
         def total_error(a: float) -> float:
-            e_pt, e_ifl, _ = alpha_mod.evaluate_alpha(d_pt, d_ifl, a, k_pre, buf)
+            e_pt, e_ifl, _ = alpha_mod.evaluate_alpha(d_pt, d_ifl, a, k_pre, buf, plan.engine)
             evaluated[a] = (e_pt, e_ifl)
             return e_pt + e_ifl
 
@@ -190,7 +195,8 @@ def _choose_alpha(features, plan: _Plan, *, n_jobs, block, progress) -> tuple[fl
         )
         return float(chosen), curve
     alphas = alpha_mod.alpha_grid()
-    e_pt, e_ifl = alpha_mod.scan_alphas(d_pt, d_ifl, alphas, k_pre, n_jobs=n_jobs, progress=progress)
+    e_pt, e_ifl = alpha_mod.scan_alphas(d_pt, d_ifl, alphas, k_pre, n_jobs=n_jobs, progress=progress,
+                                        engine=plan.engine)
     plateau = alpha_mod.detect_plateau(alphas, e_ifl, scaled=plan.alpha_method == "plateau_scaled",
                                        min_alpha=plan.plateau_min_alpha)
     chosen = float(alphas[plateau.index])
@@ -222,7 +228,7 @@ def _similarity(features, plan: _Plan, alpha, *, cached: dict | None, block, pro
         for kind in ("pt", "ifl"):
             cached[kind] = pairwise_distances(features[kind], dtype=plan.dtype, block=block)
         S = np.empty_like(cached["pt"])
-        return alpha_mod.alpha_similarity(cached["pt"], cached["ifl"], alpha, S)
+        return alpha_mod.alpha_similarity(cached["pt"], cached["ifl"], alpha, S, engine=plan.engine)
     combo = alpha_combination(alpha) if alpha is not None else coef_combination(plan.coef)
     S = combined_distances(features, combo, dtype=plan.dtype, block=block, progress=progress)
     return similarity_from_distance(S, out=S)  # in place: the one N x N matrix
@@ -241,8 +247,8 @@ def _random_selection(plan: _Plan):
 
 def _greedy_and_weights(S: np.ndarray, plan: _Plan):
     t0 = time.perf_counter()
-    order, gains = lazy_greedy(S, plan.k_max, symmetric=True, nonnegative=True)
-    weights = prefix_weights(S, order, plan.sizes, symmetric=True)
+    order, gains = lazy_greedy(S, plan.k_max, symmetric=True, nonnegative=True, engine=plan.engine)
+    weights = prefix_weights(S, order, plan.sizes, symmetric=True, engine=plan.engine)
     _log_stage("greedy", t0, " for k = %d", plan.k_max)
     return order, gains, weights
 
@@ -337,8 +343,10 @@ def select_coreset(
     cache_distances: bool | None = None,
     strategy: str = "auto",
     partition_size: int = DEFAULT_PARTITION_SIZE,
+    partition: str = "random",
     preheat_max: int = 10_000,  # the pre-sample's cap: alpha from at most 10,000 rows at any N
     part_cache=None,
+    engine: str = "auto",
     block: int = DEFAULT_BLOCK,
     progress: bool = True,
 ) -> SelectionResult:
@@ -359,16 +367,25 @@ def select_coreset(
     strategy: exact (one N x N matrix) | partitioned (parts of at most `partition_size` rows,
       `mint.selection.partition`) | auto (exact while its memory estimate fits the limit; without
       a limit, while N <= partition_size).
+    partition: random (seeded) | kmeans parts (k-means on the features of the combined distance,
+      clusters cut to at most `partition_size` rows; `mint.selection.partition.kmeans_parts`).
     preheat_max: the automatic alpha's pre-sample has min(round(preheat_ratio * N), preheat_max) rows.
     part_cache: for a partitioned selection, an object with `get(part, fingerprint)` and
       `put(part, fingerprint, result)` that keeps finished parts (the caller's storage; see
       `mint.pipeline.select_step`), so an interrupted run resumes at the part where it stopped.
+    engine: auto | numba | numpy: the greedy, weights and alpha scan as compiled kernels or in
+      numpy (`mint.selection.engine`; auto: compiled when numba is installed and the matrix has at
+      least 1,000 rows). The same selection bit for bit; only its speed changes.
     """
     t0 = time.perf_counter()
     plan = _plan(features, ratios, method=method, alpha=alpha, alpha_method=alpha_method, coef=coef,
                  preheat_ratio=preheat_ratio, preheat_max=preheat_max, seed=seed, dtype=dtype,
-                 plateau_min_alpha=plateau_min_alpha, golden_tol=golden_tol, golden_max_iter=golden_max_iter)
+                 plateau_min_alpha=plateau_min_alpha, golden_tol=golden_tol, golden_max_iter=golden_max_iter,
+                 engine=engine)
     check_strategy(strategy)
+    if partition not in SELECTION_PARTITIONS:
+        raise MintError(f"partition {partition!r} is not one of {', '.join(SELECTION_PARTITIONS)}; use random (the "
+                        "default) or kmeans")
     if n_jobs is not None:
         check_count(n_jobs, "n_jobs", 1, "the number of worker processes (None: every available core)")
     partition_size = check_count(partition_size, "partition_size", 2, "a part must hold at least 2 rows")
@@ -399,8 +416,8 @@ def select_coreset(
             order, gains, weights, errors, n_parts = select_partitioned(
                 features, plan, chosen_alpha, combo, partition_size=partition_size, run_exact=run,
                 n_jobs=est["partitioned"]["workers"], compute_errors=compute_errors, block=block, progress=progress,
-                part_cache=part_cache)
-            used = f"partitioned ({n_parts} parts)"
+                part_cache=part_cache, partition=partition)
+            used = f"partitioned ({n_parts} parts)" if partition == "random" else f"partitioned ({n_parts} k-means parts)"
     result = _result(plan, order=order, gains=gains, weights=weights, errors=errors, alpha=chosen_alpha, curve=curve,
                      strategy=used)
     _log_stage("total", t0)

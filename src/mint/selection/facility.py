@@ -15,6 +15,9 @@ Matrices are indexed `S[i, j]` = similarity of example i to candidate j. The gre
 candidate j's column as a row, so it works on `C = S.T`; pass `symmetric=True` when S is
 symmetric (all matrices built by `mint.selection.distances` are) to skip that copy. Every index,
 element 0 included, is an ordinary candidate.
+
+`engine`: `lazy_greedy` and `prefix_weights` run as compiled kernels (`mint.selection.engine`,
+numba) or in numpy, with the same bytes; `naive_greedy` and `row_gains` stay numpy, the reference.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ import heapq
 import logging
 
 import numpy as np
+
+from mint.selection.engine import kernels, resolve_engine, sum_chunk
 
 __all__ = [
     "similarity_from_distance",
@@ -110,8 +115,14 @@ def _first_gains(C: np.ndarray, nonnegative: bool) -> np.ndarray:
     return np.concatenate([C[s : s + step].sum(axis=1, dtype=np.float64) for s in range(0, n, step)])
 
 
+def _compiled(C: np.ndarray, engine: str) -> bool:
+    """Whether the compiled kernels run on C (float32 and float64 only; numba has no float16)."""
+    return C.dtype in (np.float32, np.float64) and resolve_engine(engine, C.shape[0]) == "numba"
+
+
 def lazy_greedy(
-    S: np.ndarray, k: int, *, symmetric: bool = False, nonnegative: bool = False, max_batch: int = 64
+    S: np.ndarray, k: int, *, symmetric: bool = False, nonnegative: bool = False, max_batch: int = 64,
+    engine: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Lazy greedy with the same result as `naive_greedy`, bit for bit.
 
@@ -119,7 +130,9 @@ def lazy_greedy(
     1, 2, 4, ... (up to `max_batch`), re-evaluates each round in one vectorised call, pushes
     them back, and stops as soon as the heap's top was evaluated in this step: its gain is then
     at least every other candidate's upper bound (ties to the smaller index by tuple order).
-    `nonnegative=True` promises S >= 0 (true of `max(D) - D`) and skips work in the first step."""
+    `nonnegative=True` promises S >= 0 (true of `max(D) - D`) and skips work in the first step.
+    The compiled engine pops one candidate at a time (a pop costs no Python step there) and
+    ignores `max_batch`; it returns the same order and gains."""
     C = _candidate_major(S, symmetric)
     n = C.shape[0]
     k = int(min(k, n))
@@ -127,6 +140,8 @@ def lazy_greedy(
     gains = np.empty(k, dtype=np.float64)
     if k == 0:
         return order, gains
+    if _compiled(C, engine):
+        return kernels(C.dtype).lazy_greedy(np.ascontiguousarray(C), k, sum_chunk(C.dtype))
     cur = np.zeros(n, dtype=C.dtype)
     first = _first_gains(C, nonnegative)
     heap = [(-g, j, 0) for j, g in enumerate(first.tolist())]
@@ -147,7 +162,8 @@ def lazy_greedy(
     return order, gains
 
 
-def prefix_weights(S: np.ndarray, order: np.ndarray, ks, *, symmetric: bool = False) -> dict[int, np.ndarray]:
+def prefix_weights(S: np.ndarray, order: np.ndarray, ks, *, symmetric: bool = False,
+                   engine: str = "auto") -> dict[int, np.ndarray]:
     """For each k in `ks`, the weight of each of `order[:k]`: how many of the N examples have it
     as their most similar selected element (ties to the earlier-selected one), so the weights sum
     to N. One pass over the order, O(max(ks) * N)."""
@@ -157,6 +173,10 @@ def prefix_weights(S: np.ndarray, order: np.ndarray, ks, *, symmetric: bool = Fa
     out: dict[int, np.ndarray] = {}
     if not ks:
         return out
+    if ks[0] >= 1 and _compiled(C, engine):
+        counts = kernels(C.dtype).prefix_counts(np.ascontiguousarray(C), np.asarray(order, dtype=np.int64),
+                                         np.array(ks, dtype=np.int64))
+        return {k: counts[t, :k].copy() for t, k in enumerate(ks)}
     best = np.full(n, -np.inf, dtype=np.float64)
     owner = np.zeros(n, dtype=np.int64)  # position in `order` of each example's nearest
     want = iter(ks)

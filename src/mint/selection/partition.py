@@ -33,9 +33,10 @@ import numpy as np
 
 from mint.errors import MintError
 from mint.selection.distances import DEFAULT_BLOCK, Combination, cross_distances
+from mint.selection.engine import resolve_engine, warm_up
 from mint.selection.workers import in_workers
 
-__all__ = ["DEFAULT_PARTITION_SIZE", "split_parts", "seat_order", "PartResult", "part_fingerprint", "select_partitioned"]
+__all__ = ["DEFAULT_PARTITION_SIZE", "split_parts", "kmeans_parts", "seat_order", "PartResult", "part_fingerprint", "select_partitioned"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,65 @@ def split_parts(n: int, partition_size: int, seed: int) -> list[np.ndarray]:
         return [np.arange(n, dtype=np.int64)]
     perm = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=PARTITION_SPAWN_KEY)).permutation(n)
     return [np.sort(p).astype(np.int64) for p in np.array_split(perm, n_parts)]
+
+
+KMEANS_SPAWN_KEY = (3,)  # k-means' sample and initial centres
+KMEANS_SAMPLE = 20_000  # rows the centres are fitted on (every row is then assigned)
+KMEANS_ITERS = 10
+
+
+def _kmeans_space(features: Mapping[str, Any], combination: Combination, rows: np.ndarray) -> np.ndarray:
+    """The rows in one space for clustering: each kind's features scaled by its weight in the
+    combined distance (1/factor or factor), side by side, float32."""
+    blocks = []
+    for kind, factor in zip(combination.kinds, combination.factors):
+        scale = 1.0 / factor if combination.divide else factor
+        blocks.append(np.asarray(features[kind][rows], dtype=np.float32) * np.float32(scale))
+    return np.concatenate(blocks, axis=1)
+
+
+def _nearest_centre(X: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    d = (centres * centres).sum(axis=1)[None, :] - 2 * (X @ centres.T)  # |x|^2 is the same for every centre
+    return np.argmin(d, axis=1)
+
+
+def kmeans_parts(features: Mapping[str, Any], combination: Combination, n: int, partition_size: int, seed: int,
+                 block: int = 8192) -> list[np.ndarray]:
+    """Parts by k-means: `ceil(n / partition_size)` centres fitted (k-means++ start, Lloyd
+    iterations) on a seeded sample of at most 20,000 rows, every row assigned to its nearest
+    centre block by block, and a cluster larger than `partition_size` cut at random (seeded) into
+    near-equal parts that fit. One part `arange(n)` when everything fits."""
+    n_parts = max(1, math.ceil(n / partition_size))
+    if n_parts == 1:
+        return [np.arange(n, dtype=np.int64)]
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=KMEANS_SPAWN_KEY))
+    sample = np.sort(rng.choice(n, min(n, KMEANS_SAMPLE), replace=False))
+    X = _kmeans_space(features, combination, sample)
+    centres = X[[int(rng.integers(len(X)))]]
+    closest = ((X - centres[0]) ** 2).sum(axis=1)
+    for _ in range(1, n_parts):  # k-means++: the next centre drawn in proportion to the squared distance
+        pick = int(rng.choice(len(X), p=closest / closest.sum())) if closest.sum() > 0 else int(rng.integers(len(X)))
+        centres = np.vstack([centres, X[pick]])
+        closest = np.minimum(closest, ((X - X[pick]) ** 2).sum(axis=1))
+    for _ in range(KMEANS_ITERS):
+        label = _nearest_centre(X, centres)
+        for c in range(n_parts):
+            members = X[label == c]
+            if len(members):
+                centres[c] = members.mean(axis=0)
+    label = np.empty(n, dtype=np.int64)
+    for s in range(0, n, block):
+        rows = np.arange(s, min(s + block, n))
+        label[s:s + len(rows)] = _nearest_centre(_kmeans_space(features, combination, rows), centres)
+    parts = []
+    for c in range(n_parts):
+        members = np.flatnonzero(label == c)
+        if len(members) > partition_size:
+            pieces = np.array_split(rng.permutation(members), math.ceil(len(members) / partition_size))
+            parts += [np.sort(p).astype(np.int64) for p in pieces]
+        elif len(members):
+            parts.append(members.astype(np.int64))
+    return parts
 
 
 def seat_order(sizes: list[int], k: int) -> np.ndarray:
@@ -148,6 +208,8 @@ def _run_parts(features, parts, counts, *, plan, alpha, run_exact, compute_error
 
         bar = tqdm(total=len(todo), desc="parts", unit="part", leave=False)
     if n_jobs > 1 and len(todo) > 1 and hasattr(os, "fork"):
+        if resolve_engine(plan.engine, max(len(parts[p]) for p in todo)) == "numba":
+            warm_up(plan.dtype)  # compiled once here, inherited by the forked workers
         _SHARED.update(features=features, parts=parts, counts=counts, plan=plan, alpha=alpha, run_exact=run_exact,
                        compute_errors=compute_errors)
         try:
@@ -191,9 +253,15 @@ def _nearest_overall(features, rows: np.ndarray, selected: np.ndarray, combinati
 
 def select_partitioned(features: Mapping[str, Any], plan, alpha: float | None, combination: Combination, *,
                        partition_size: int, run_exact: Callable, n_jobs: int, compute_errors: bool,
-                       block: int = DEFAULT_BLOCK, progress: bool = True, part_cache=None):
-    """(order, gains, weights {k: ...}, errors {kind: {k: ...}}, n_parts) for the subset sizes of `plan`."""
-    parts = split_parts(plan.n, partition_size, plan.seed)
+                       block: int = DEFAULT_BLOCK, progress: bool = True, part_cache=None,
+                       partition: str = "random"):
+    """(order, gains, weights {k: ...}, errors {kind: {k: ...}}, n_parts) for the subset sizes of
+    `plan`. partition: random (`split_parts`) or kmeans (`kmeans_parts`, on the combined distance's
+    features)."""
+    if partition == "kmeans":
+        parts = kmeans_parts(features, combination, plan.n, partition_size, plan.seed)
+    else:
+        parts = split_parts(plan.n, partition_size, plan.seed)
     seats = seat_order([len(p) for p in parts], plan.k_max)
     sizes = plan.sizes
     # per part, its budget at every subset size: the seats among the first k
