@@ -53,6 +53,8 @@ class LoraGradCollector:
             self.shapes.append(tuple(p.shape))
             self._owners[owner_name] = owner
         self.grad_dim = sum(math.prod(s) for s in self.shapes)
+        # values the hooks record per token: each layer's input and output gradient (the memory estimate)
+        self.io_width = sum(m.in_features + m.out_features for m in self._owners.values())
         self._records: dict[str, list] = {}
 
     @contextmanager

@@ -74,7 +74,8 @@ def grads_call(cfg: RunConfig, train_path: Path, warmup_dir: Path, folder: Path,
     options.setdefault("proj_dim", g.proj_dim)
     return compute_features(cfg.model.name, train_path, warmup_dir, folder, grad_type=g.grad_type,
                             batch_size=g.batch_size, seed=cfg.seed, device=cfg.model.device, dtype=cfg.model.dtype,
-                            storage_dtype=g.storage_dtype,
+                            storage_dtype=g.storage_dtype, projection=g.projection, sjlt_s=g.sjlt_s,
+                            shard_size=g.shard_size, cache_mb=g.cache_mb, buffer_mb=g.buffer_mb,
                             **render_options(cfg), **options)
 
 
@@ -210,7 +211,9 @@ def warmup(ctx: Context) -> None:
 
 def grads(ctx: Context) -> None:
     cfg, warm = ctx.cfg, ctx.infos["warmup"]
-    inputs = {"warmup": warm.key, "grads": asdict(cfg.grads), "render": ctx.common["render"], "seed": cfg.seed,
+    # cache_mb changes how fast, never what: not part of the key
+    settings = {k: v for k, v in asdict(cfg.grads).items() if k != "cache_mb"}
+    inputs = {"warmup": warm.key, "grads": settings, "render": ctx.common["render"], "seed": cfg.seed,
               "device": cfg.model.device, "dtype": cfg.model.dtype}
 
     def do(folder: Path) -> dict:
