@@ -32,6 +32,7 @@ def test_selection_benchmark_modes_run(mode, tmp_path):
 @pytest.mark.parametrize("script,extra", [
     ("train.py", ["--n", "8", "--max_length", "64", "--batch_sizes", "1", "4"]),
     ("gradients.py", ["--n", "8", "--max_length", "64", "--proj_dim", "64", "--batch_size", "4"]),
+    ("projection.py", ["--smoke", "--max_length", "64", "--threads", "1"]),
 ])
 def test_model_benchmarks_run_on_the_tiny_model(script, extra, tiny_model_dir, alpaca_file, tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "bench" / script), "--model", str(tiny_model_dir), "--data",

@@ -243,7 +243,7 @@ def _check_memory(setup: _Setup, projector, *, batch_size: int, max_length: int,
     shape = model_shape(setup.model, setup.collector)
     options = dict(max_length=max_length, grad_type=grad_type, projection=projection,
                    proj_dims=[k for k in projector.keys if k != "full"] or None, cache_bytes=cache_mb << 20,
-                   sjlt_s=sjlt_s)
+                   sjlt_s=sjlt_s, tile_bytes=getattr(projector, "tile_rows", 0) * getattr(projector, "tile_cols", 0) * 4)
     rows = buffer_rows or 2 * shard_size
 
     def at_batch(b: int):

@@ -62,8 +62,10 @@ class FeatureMemory:
 
 def estimate_feature_memory(shape: ModelShape, *, batch_size: int, max_length: int, grad_type: str = "adam",
                             projection: str = "rademacher", proj_dims=(8192,), cache_bytes: int = 1 << 30,
-                            buffer_rows: int = 8, sjlt_s: int = 2) -> FeatureMemory:
-    """The peak bytes of `mint.model.features.compute_features` (module docstring)."""
+                            buffer_rows: int = 8, sjlt_s: int = 2, tile_bytes: int | None = None) -> FeatureMemory:
+    """The peak bytes of `mint.model.features.compute_features` (module docstring). tile_bytes:
+    one dense tile (the CPU's numpy tile by default; `DEVICE_TILE_ROWS x DEVICE_TILE_COLS` floats
+    for tiles drawn on a GPU)."""
     from mint.model.projection import TILE_COLS, TILE_ROWS
     from mint.model.sjlt import CHUNK
 
@@ -77,7 +79,8 @@ def estimate_feature_memory(shape: ModelShape, *, batch_size: int, max_length: i
         projector = min(cache_bytes, hashes) + sjlt_s * CHUNK * 4 + rows * 2 * sum(dims) * f4
     else:  # dense tiles (trak's kernel holds less: no tiles)
         tiles = g * max(dims) * f4 if projection != "trak" else 0
-        projector = min(cache_bytes, tiles) + TILE_ROWS * TILE_COLS * f4 + rows * max(dims) * f4
+        tile = TILE_ROWS * TILE_COLS * f4 if tile_bytes is None else tile_bytes
+        projector = min(cache_bytes, tiles) + (tile if projection != "trak" else 0) + rows * max(dims) * f4
     parts = {
         "weights": shape.n_params * shape.param_bytes,
         "lora": 2 * g * f4,

@@ -51,6 +51,8 @@ from mint.errors import MintError
 __all__ = [
     "device_tile",
     "tile_seed",
+    "DEVICE_TILE_ROWS",
+    "DEVICE_TILE_COLS",
     "TILE_ROWS",
     "TILE_COLS",
     "PROJECTION_VERSION",
@@ -67,6 +69,8 @@ __all__ = [
 TILE_ROWS = 4096
 TILE_COLS = 512
 PROJECTION_VERSION = 1
+DEVICE_TILE_ROWS = 1 << 16  # the device tiles' shape (`device_tile`): 512 MiB each
+DEVICE_TILE_COLS = 2048
 DENSE_KINDS = ("rademacher", "gaussian")  # the kinds of BlockProjector
 
 
@@ -100,21 +104,23 @@ def tile_seed(seed: int, row_block: int, col_block: int) -> int:
     return (int(words[0]) | (int(words[1]) << 32)) & ((1 << 63) - 1)
 
 
-def device_tile(seed: int, row_block: int, col_block: int, kind: str, device, rows: int = TILE_ROWS,
-                cols: int = TILE_COLS) -> torch.Tensor:
-    """Tile (row_block, col_block) drawn on `device` by a torch generator seeded with
-    `tile_seed`: float32 +-1 (Bernoulli(1/2) * 2 - 1) or standard normal, the top-left
-    `rows` x `cols` corner of a full tile (so partial tiles are corners, as with numpy)."""
+def device_tile(seed: int, row_block: int, col_block: int, kind: str, device, rows: int = DEVICE_TILE_ROWS,
+                cols: int = DEVICE_TILE_COLS) -> torch.Tensor:
+    """Tile (row_block, col_block) of the device matrix (DEVICE_TILE_ROWS x DEVICE_TILE_COLS
+    tiles, fewer and larger than the numpy ones: a GPU pays per kernel launch), drawn on `device`
+    by a torch generator seeded with `tile_seed`: float32 +-1 (Bernoulli(1/2) * 2 - 1) or
+    standard normal, `rows` x DEVICE_TILE_COLS, of which the first `cols` columns (so a smaller
+    dimension is a prefix of a larger one, as with numpy; the last row block draws only its rows)."""
     gen = torch.Generator(device=device)
     gen.manual_seed(tile_seed(seed, row_block, col_block))
     if kind == "rademacher":
-        tile = torch.empty(TILE_ROWS, TILE_COLS, device=device).bernoulli_(0.5, generator=gen)
+        tile = torch.empty(rows, DEVICE_TILE_COLS, device=device).bernoulli_(0.5, generator=gen)
         tile.mul_(2.0).sub_(1.0)
     elif kind == "gaussian":
-        tile = torch.randn(TILE_ROWS, TILE_COLS, device=device, generator=gen)
+        tile = torch.randn(rows, DEVICE_TILE_COLS, device=device, generator=gen)
     else:
         raise MintError(f"unknown projection type {kind!r}; use one of {', '.join(KINDS)}")
-    return tile if (rows, cols) == (TILE_ROWS, TILE_COLS) else tile[:rows, :cols].contiguous()
+    return tile if cols == DEVICE_TILE_COLS else tile[:, :cols].contiguous()
 
 
 def dense_matrix(grad_dim: int, proj_dim: int, seed: int, kind: str = "rademacher") -> np.ndarray:
@@ -189,10 +195,18 @@ class BlockProjector(Projector):
 
     def describe(self) -> dict:
         out = {"type": self.kind, "grad_dim": self.grad_dim, "proj_dims": self.dims, "seed": self.seed,
-               "tile_rows": TILE_ROWS, "tile_cols": TILE_COLS, "version": PROJECTION_VERSION}
+               "tile_rows": self.tile_rows, "tile_cols": self.tile_cols, "version": PROJECTION_VERSION}
         if self.on_device:  # the numpy tiles keep the description of every earlier store
             out["tiles"] = f"torch-{self.device.type}"
         return out
+
+    @property
+    def tile_rows(self) -> int:
+        return DEVICE_TILE_ROWS if self.on_device else TILE_ROWS
+
+    @property
+    def tile_cols(self) -> int:
+        return DEVICE_TILE_COLS if self.on_device else TILE_COLS
 
     def _tile(self, i: int, j: int, rows: int, cols: int) -> torch.Tensor:
         cached = self._cache.get((i, j))
@@ -216,15 +230,15 @@ class BlockProjector(Projector):
         n = x.shape[0]
         if n == 1:  # BLAS takes a matrix-vector kernel for one row: pad, so a row's bytes never depend on n
             x = torch.cat([x, torch.zeros_like(x)])
-        max_dim = self.dims[-1]
+        max_dim, tr, tc = self.dims[-1], self.tile_rows, self.tile_cols
         out = torch.zeros(x.shape[0], max_dim, dtype=torch.float32, device=self.device)
         # Row tiles in a fixed order, so the accumulation order (and the bytes) never depend
         # on how callers batch their rows beyond the rows themselves.
-        for i in range(math.ceil(self.grad_dim / TILE_ROWS)):
-            r0, r1 = i * TILE_ROWS, min(self.grad_dim, (i + 1) * TILE_ROWS)
+        for i in range(math.ceil(self.grad_dim / tr)):
+            r0, r1 = i * tr, min(self.grad_dim, (i + 1) * tr)
             xi = x[:, r0:r1]
-            for j in range(math.ceil(max_dim / TILE_COLS)):
-                c0, c1 = j * TILE_COLS, min(max_dim, (j + 1) * TILE_COLS)
+            for j in range(math.ceil(max_dim / tc)):
+                c0, c1 = j * tc, min(max_dim, (j + 1) * tc)
                 out[:, c0:c1].addmm_(xi, self._tile(i, j, r1 - r0, c1 - c0))
         return {d: out[:n, :d] / math.sqrt(d) for d in self.dims}
 
