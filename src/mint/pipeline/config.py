@@ -59,7 +59,7 @@ class ModelConfig:
     name: str = _f("smollm2-135m-instruct", "base model: a local folder, a hub id (needs network), or the "
                                             "offline alias smollm2-135m-instruct")
     device: str = _f("auto", "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
-    dtype: str = _f("auto", "auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16",
+    dtype: str = _f("auto", "auto (float32 on CPU, bfloat16 on a GPU that supports it, else float32) | float32 | bfloat16 | float16",
                     choices=choices.DTYPES)
 
 
