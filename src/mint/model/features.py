@@ -77,9 +77,9 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     settings = _settings(setup, projector, data_path=data_path, render=render, model_name_or_dir=model_name_or_dir,
                          grad_type=grad_type, seed=seed)
     buffer_rows = _buffer_rows(buffer_mb, setup.collector.grad_dim, batch_size=batch_size, shard_size=shard_size)
-    estimate = _check_memory(setup, projector, batch_size=batch_size, max_length=max_length, grad_type=grad_type,
-                             projection=projection, sjlt_s=sjlt_s, cache_mb=cache_mb, buffer_rows=buffer_rows,
-                             shard_size=shard_size)
+    estimate, check_memory = _memory(setup, projector, batch_size=batch_size, max_length=max_length,
+                                     grad_type=grad_type, projection=projection, sjlt_s=sjlt_s, cache_mb=cache_mb,
+                                     buffer_rows=buffer_rows, shard_size=shard_size)
     info = {"data_path": str(data_path), "warmup_dir": str(warmup_dir), "batch_size": batch_size,
             "world_size": world, "device": str(setup.device), "grad_dim": setup.collector.grad_dim,
             "dtype": dtype, "cache_mb": cache_mb, "buffer_mb": buffer_mb,
@@ -98,6 +98,7 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     tokenized = tokenize_examples(examples, setup.tokenizer, max_length=max_length, template=template,
                                   long_prompts=long_prompts, assistant_turns=assistant_turns,
                                   progress=progress and rank == 0)
+    check_memory()  # refuses a step that cannot fit, before anything is written
     if rank == 0:
         _warn_on_changes(output_dir, info, settings, warmup_dir, overwrite)
         store.prepare(overwrite=overwrite)
@@ -234,10 +235,11 @@ def _buffer_rows(buffer_mb: int, grad_dim: int, *, batch_size: int, shard_size: 
     return None if fit >= 2 * shard_size else max(batch_size, fit)
 
 
-def _check_memory(setup: _Setup, projector, *, batch_size: int, max_length: int, grad_type: str, projection: str,
-                  sjlt_s: int, cache_mb: int, buffer_rows: int | None, shard_size: int):
-    """Log the estimated peak memory of the step; refuse (MintError naming the setting) when it
-    cannot fit in what is free on the device (CUDA) or in the available RAM (CPU)."""
+def _memory(setup: _Setup, projector, *, batch_size: int, max_length: int, grad_type: str, projection: str,
+            sjlt_s: int, cache_mb: int, buffer_rows: int | None, shard_size: int):
+    """The estimated peak memory of the step (`mint.model.memory`), logged, and the check to run
+    before the work starts: a MintError naming the setting when it cannot fit in what is free on
+    the device (CUDA) or in the available RAM (CPU)."""
     from mint.model.memory import check_feature_memory, estimate_feature_memory
 
     shape = model_shape(setup.model, setup.collector)
@@ -255,9 +257,11 @@ def _check_memory(setup: _Setup, projector, *, batch_size: int, max_length: int,
              "projection %s): %s", setup.device, batch_size, max_length, shape.grad_dim, projection,
              estimate.describe())
     loaded = estimate.parts["weights"] + estimate.parts["lora"] // 2 + estimate.parts["adam_state"]
-    check_feature_memory(estimate, available=_free_memory(setup.device), allocated=loaded, where=str(setup.device),
-                         batch_size=batch_size, at_batch=at_batch)
-    return estimate
+
+    def check() -> None:
+        check_feature_memory(estimate, available=_free_memory(setup.device), allocated=loaded,
+                             where=str(setup.device), batch_size=batch_size, at_batch=at_batch)
+    return estimate, check
 
 
 def model_shape(model, collector: LoraGradCollector):
