@@ -41,8 +41,15 @@ def main(argv=None) -> int:
                    help="torch threads (1 on a shared 2-core machine: oversubscribed OpenMP threads spin)")
     p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_gradients"))
     p.add_argument("--skip", nargs="*", default=[], choices=["floor", "loop", "batched"])
+    p.add_argument("--peak_memory", type=int, nargs="+", metavar="SHARD_SIZE",
+                   help="instead: peak RSS of compute_features (one subprocess each) at these shard sizes, for "
+                        "each --buffer_mb")
+    p.add_argument("--buffer_mb", type=int, nargs="+", default=[0, 1024],
+                   help="buffers of the --peak_memory runs (0: one micro-batch, streaming)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.peak_memory:
+        return peak_memory(args)
 
     import numpy as np
     import torch
@@ -123,6 +130,58 @@ def main(argv=None) -> int:
         results["batched_speedup_over_loop"] = results["loop_s"] / results["batched_s"]
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
+    return 0
+
+
+def _data_and_warmup(args) -> tuple[Path, Path]:
+    from mint.model.warmup import run_warmup
+
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / f"records{args.n}.jsonl"
+    if not data.exists():
+        with open(args.data, encoding="utf-8") as f:
+            data.write_text("".join(itertools.islice(f, args.n)), encoding="utf-8")
+    warm = run_warmup(args.model, data, work / "warmup", sample_ratio=0.125, epochs=1, batch_size=4,
+                      lr=1e-4, max_length=args.max_length, long_prompts="truncate", device="cpu")
+    return data, warm
+
+
+_PEAK = """
+import json, resource, sys, time, torch
+from mint.model.features import compute_features
+model, data, warm, out, shard, buffer_mb, batch, max_length, proj_dim, threads = sys.argv[1:]
+torch.set_num_threads(int(threads))
+t0 = time.perf_counter()
+compute_features(model, data, warm, out, proj_dim=int(proj_dim), batch_size=int(batch), max_length=int(max_length),
+                 long_prompts="truncate", shard_size=int(shard), buffer_mb=int(buffer_mb), device="cpu", progress=False)
+print(json.dumps({"seconds": time.perf_counter() - t0,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def peak_memory(args) -> int:
+    """Peak RSS of the feature step at several shard sizes: with streaming (buffer 0: one
+    micro-batch) it does not depend on the shard size; with the whole shard buffered it does,
+    up to buffer_mb."""
+    import subprocess
+    import sys
+    import tempfile
+
+    data, warm = _data_and_warmup(args)
+    rows = []
+    for buffer_mb in args.buffer_mb:
+        for shard in args.peak_memory:
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = [sys.executable, "-c", _PEAK, args.model, str(data), str(warm), str(Path(tmp) / "f"), str(shard),
+                       str(buffer_mb), str(args.batch_size), str(args.max_length), str(args.proj_dim),
+                       str(args.threads)]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode:
+                    raise SystemExit(f"the feature step at shard_size {shard} failed:\n{out.stderr[-3000:]}")
+                rows.append({"shard_size": shard, "buffer_mb": buffer_mb, **json.loads(out.stdout.splitlines()[-1])})
+    print(json.dumps({"n": args.n, "max_length": args.max_length, "proj_dim": args.proj_dim,
+                      "batch_size": args.batch_size, "runs": rows}, indent=2))
     return 0
 
 
