@@ -46,10 +46,17 @@ def main(argv=None) -> int:
                         "each --buffer_mb")
     p.add_argument("--buffer_mb", type=int, nargs="+", default=[0, 1024],
                    help="buffers of the --peak_memory runs (0: one micro-batch, streaming)")
+    p.add_argument("--compare_with", metavar="GRADIENTS_PY",
+                   help="instead: the batched path of this file's shard_features (another version of "
+                        "mint/model/gradients.py, e.g. from `git show REV:src/mint/model/gradients.py`) against "
+                        "the current one, alternated --repeats times in one process: wall and CPU seconds, same bytes")
+    p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.peak_memory:
         return peak_memory(args)
+    if args.compare_with:
+        return compare_with(args)
 
     import numpy as np
     import torch
@@ -158,6 +165,54 @@ compute_features(model, data, warm, out, proj_dim=int(proj_dim), batch_size=int(
 print(json.dumps({"seconds": time.perf_counter() - t0,
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
+
+
+def compare_with(args) -> int:
+    """A/B of shard_features (batched) from another gradients.py against the current one."""
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    from mint.model import gradients as current
+    from mint.model.data import collate_ids, load_examples, tokenize_examples
+    from mint.model.features import _adam_state
+    from mint.model.modeling import lora_named_parameters, load_lora, load_model_and_tokenizer
+    from mint.model.projection import make_projector
+    from mint.model.warmup import load_warmup_state
+
+    torch.set_num_threads(args.threads)
+    spec = importlib.util.spec_from_file_location("other_gradients", args.compare_with)
+    other = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(other)
+    data, warm = _data_and_warmup(args)
+    model, tok = load_model_and_tokenizer(args.model, device="cpu")
+    model = load_lora(model, warm / "adapter", trainable=True)
+    model.eval()
+    tokenized = tokenize_examples(load_examples(data), tok, max_length=args.max_length, long_prompts="truncate")
+    keys = [k for k, _ in lora_named_parameters(model)]
+    state = _adam_state(load_warmup_state(warm), warm, keys)
+    adam = {k: state[k] for k in ("exp_avg", "exp_avg_sq", "betas", "eps")}
+    times = {"other": [], "current": []}
+    outputs = {}
+    for _ in range(args.repeats):
+        for name, mod in (("other", other), ("current", current)):
+            collector = mod.LoraGradCollector(model)
+            projector = make_projector(collector.grad_dim, args.proj_dim, seed=0, cache_bytes=1 << 30)
+            w0, c0 = time.perf_counter(), time.process_time()
+            outputs[name] = mod.shard_features(model, tokenized, collector=collector, projector=projector,
+                                               preconditioner=mod.Preconditioner("adam", **adam),
+                                               batch_size=args.batch_size, **collate_ids(tok))
+            times[name].append((time.perf_counter() - w0, time.process_time() - c0))
+    same = all(np.array_equal(outputs["other"][k], outputs["current"][k]) for k in outputs["current"])
+    summary = {name: {"wall_s": [round(w, 1) for w, _ in t], "cpu_s": [round(c, 1) for _, c in t],
+                      "median_cpu_s": round(sorted(c for _, c in t)[len(t) // 2], 2)} for name, t in times.items()}
+    print(json.dumps({"n": len(tokenized), "max_length": args.max_length, "proj_dim": args.proj_dim,
+                      "batch_size": args.batch_size, "threads": args.threads, "same_bytes": same,
+                      "loadavg": os.getloadavg(), **summary,
+                      "current_over_other_cpu": summary["current"]["median_cpu_s"] / summary["other"]["median_cpu_s"]},
+                     indent=2))
+    return 0
 
 
 def peak_memory(args) -> int:
