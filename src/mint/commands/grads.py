@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         s, info = manifest["settings"], manifest["info"]
         print(f"mint grads: {manifest['n']} examples -> {out}\n"
               f"  kinds sft, pt, ifl (raw and normalised), dims {', '.join(manifest['dims'])}, "
-              f"grad_type {s['grad_type']}, grad_dim {info.get('grad_dim')}, seed {s['seed']}, "
+              f"grad_type {s['grad_type']}, projection {s['projection'].get('type')}, grad_dim {info.get('grad_dim')}, "
+              f"seed {s['seed']}, "
               f"processes {info.get('world_size')}\n"
               f"  load with: mint.load_features({str(out)!r})")
     return 0

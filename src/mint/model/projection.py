@@ -12,7 +12,8 @@ SmolLM2-135M with LoRA r=8 on q,k,v,o (~0.92M parameters) and 8192 columns it wo
   `seed + 1000 * block` which collide across seeds;
 * on the CPU tiles come from numpy (the bytes of every store so far); on a GPU each tile is
   drawn on the device itself by a torch generator seeded from the same `SeedSequence`
-  (`device_tile`): another matrix than the CPU's, recorded as `"tiles": "torch-<device type>"`
+  (`device_tile`; tiles of DEVICE_TILE_ROWS x DEVICE_TILE_COLS, since a GPU pays per kernel
+  launch): another matrix than the CPU's, recorded as `"tiles": "torch-<device type>"`
   in the description (and so in the store manifest, which refuses a resume on the other kind),
   since copying 4 bytes per entry from the host would cost more than the matmul. The same seed
   gives the same matrix for any batch size and any number of processes.
