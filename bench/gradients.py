@@ -41,8 +41,22 @@ def main(argv=None) -> int:
                    help="torch threads (1 on a shared 2-core machine: oversubscribed OpenMP threads spin)")
     p.add_argument("--work_dir", default=str(REPO / "runs" / "bench_gradients"))
     p.add_argument("--skip", nargs="*", default=[], choices=["floor", "loop", "batched"])
+    p.add_argument("--peak_memory", type=int, nargs="+", metavar="SHARD_SIZE",
+                   help="instead: peak RSS of compute_features (one subprocess each) at these shard sizes, for "
+                        "each --buffer_mb")
+    p.add_argument("--buffer_mb", type=int, nargs="+", default=[0, 1024],
+                   help="buffers of the --peak_memory runs (0: one micro-batch, streaming)")
+    p.add_argument("--compare_with", metavar="GRADIENTS_PY",
+                   help="instead: the batched path of this file's shard_features (another version of "
+                        "mint/model/gradients.py, e.g. from `git show REV:src/mint/model/gradients.py`) against "
+                        "the current one, alternated --repeats times in one process: wall and CPU seconds, same bytes")
+    p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.peak_memory:
+        return peak_memory(args)
+    if args.compare_with:
+        return compare_with(args)
 
     import numpy as np
     import torch
@@ -123,6 +137,106 @@ def main(argv=None) -> int:
         results["batched_speedup_over_loop"] = results["loop_s"] / results["batched_s"]
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
+    return 0
+
+
+def _data_and_warmup(args) -> tuple[Path, Path]:
+    from mint.model.warmup import run_warmup
+
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / f"records{args.n}.jsonl"
+    if not data.exists():
+        with open(args.data, encoding="utf-8") as f:
+            data.write_text("".join(itertools.islice(f, args.n)), encoding="utf-8")
+    warm = run_warmup(args.model, data, work / "warmup", sample_ratio=0.125, epochs=1, batch_size=4,
+                      lr=1e-4, max_length=args.max_length, long_prompts="truncate", device="cpu")
+    return data, warm
+
+
+_PEAK = """
+import json, resource, sys, time, torch
+from mint.model.features import compute_features
+model, data, warm, out, shard, buffer_mb, batch, max_length, proj_dim, threads = sys.argv[1:]
+torch.set_num_threads(int(threads))
+t0 = time.perf_counter()
+compute_features(model, data, warm, out, proj_dim=int(proj_dim), batch_size=int(batch), max_length=int(max_length),
+                 long_prompts="truncate", shard_size=int(shard), buffer_mb=int(buffer_mb), device="cpu", progress=False)
+print(json.dumps({"seconds": time.perf_counter() - t0,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def compare_with(args) -> int:
+    """A/B of shard_features (batched) from another gradients.py against the current one."""
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    from mint.model import gradients as current
+    from mint.model.data import collate_ids, load_examples, tokenize_examples
+    from mint.model.features import _adam_state
+    from mint.model.modeling import lora_named_parameters, load_lora, load_model_and_tokenizer
+    from mint.model.projection import make_projector
+    from mint.model.warmup import load_warmup_state
+
+    torch.set_num_threads(args.threads)
+    spec = importlib.util.spec_from_file_location("other_gradients", args.compare_with)
+    other = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(other)
+    data, warm = _data_and_warmup(args)
+    model, tok = load_model_and_tokenizer(args.model, device="cpu")
+    model = load_lora(model, warm / "adapter", trainable=True)
+    model.eval()
+    tokenized = tokenize_examples(load_examples(data), tok, max_length=args.max_length, long_prompts="truncate")
+    keys = [k for k, _ in lora_named_parameters(model)]
+    state = _adam_state(load_warmup_state(warm), warm, keys)
+    adam = {k: state[k] for k in ("exp_avg", "exp_avg_sq", "betas", "eps")}
+    times = {"other": [], "current": []}
+    outputs = {}
+    for _ in range(args.repeats):
+        for name, mod in (("other", other), ("current", current)):
+            collector = mod.LoraGradCollector(model)
+            projector = make_projector(collector.grad_dim, args.proj_dim, seed=0, cache_bytes=1 << 30)
+            w0, c0 = time.perf_counter(), time.process_time()
+            outputs[name] = mod.shard_features(model, tokenized, collector=collector, projector=projector,
+                                               preconditioner=mod.Preconditioner("adam", **adam),
+                                               batch_size=args.batch_size, **collate_ids(tok))
+            times[name].append((time.perf_counter() - w0, time.process_time() - c0))
+    same = all(np.array_equal(outputs["other"][k], outputs["current"][k]) for k in outputs["current"])
+    summary = {name: {"wall_s": [round(w, 1) for w, _ in t], "cpu_s": [round(c, 1) for _, c in t],
+                      "median_cpu_s": round(sorted(c for _, c in t)[len(t) // 2], 2)} for name, t in times.items()}
+    print(json.dumps({"n": len(tokenized), "max_length": args.max_length, "proj_dim": args.proj_dim,
+                      "batch_size": args.batch_size, "threads": args.threads, "same_bytes": same,
+                      "loadavg": os.getloadavg(), **summary,
+                      "current_over_other_cpu": summary["current"]["median_cpu_s"] / summary["other"]["median_cpu_s"]},
+                     indent=2))
+    return 0
+
+
+def peak_memory(args) -> int:
+    """Peak RSS of the feature step at several shard sizes: with streaming (buffer 0: one
+    micro-batch) it does not depend on the shard size; with the whole shard buffered it does,
+    up to buffer_mb."""
+    import subprocess
+    import sys
+    import tempfile
+
+    data, warm = _data_and_warmup(args)
+    rows = []
+    for buffer_mb in args.buffer_mb:
+        for shard in args.peak_memory:
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = [sys.executable, "-c", _PEAK, args.model, str(data), str(warm), str(Path(tmp) / "f"), str(shard),
+                       str(buffer_mb), str(args.batch_size), str(args.max_length), str(args.proj_dim),
+                       str(args.threads)]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode:
+                    raise SystemExit(f"the feature step at shard_size {shard} failed:\n{out.stderr[-3000:]}")
+                rows.append({"shard_size": shard, "buffer_mb": buffer_mb, **json.loads(out.stdout.splitlines()[-1])})
+    print(json.dumps({"n": args.n, "max_length": args.max_length, "proj_dim": args.proj_dim,
+                      "batch_size": args.batch_size, "runs": rows}, indent=2))
     return 0
 
 

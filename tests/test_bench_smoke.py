@@ -35,6 +35,11 @@ def test_selection_benchmark_modes_run(mode, tmp_path):
     ("train.py", ["--n", "8", "--max_length", "64", "--batch_sizes", "1", "4"]),
     ("train.py", ["--memory", "--memory_length", "64", "--memory_steps", "1"]),
     ("gradients.py", ["--n", "8", "--max_length", "64", "--proj_dim", "64", "--batch_size", "4"]),
+    ("projection.py", ["--smoke", "--max_length", "64", "--threads", "1"]),
+    ("gradients.py", ["--n", "6", "--max_length", "32", "--proj_dim", "32", "--batch_size", "2", "--peak_memory", "3",
+                      "--buffer_mb", "0"]),
+    ("gradients.py", ["--n", "6", "--max_length", "32", "--proj_dim", "32", "--batch_size", "2", "--repeats", "1",
+                      "--compare_with", str(REPO / "src" / "mint" / "model" / "gradients.py")]),
 ])
 def test_model_benchmarks_run_on_the_tiny_model(script, extra, tiny_model_dir, alpaca_file, tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "bench" / script), "--model", str(tiny_model_dir), "--data",

@@ -28,6 +28,7 @@ __all__ = [
     "versions",
     "read_json",
     "array_problem",
+    "available_memory",
 ]
 
 
@@ -166,4 +167,17 @@ def array_problem(path: str | os.PathLike) -> str | None:
                         return f"is damaged: its array {info.filename} is truncated"
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         return f"is not a readable {path.suffix} file ({e})"
+    return None
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes (None where unreadable): the memory limit of
+    `mint select` and of the feature step on the CPU."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return None

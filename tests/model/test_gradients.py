@@ -146,3 +146,35 @@ def test_shard_features_projection_and_nan_report(lora_setup):
     finally:
         with torch.no_grad():
             p.copy_(saved)
+
+
+def test_in_place_adam_preconditioning_gives_the_bytes_of_the_plain_expressions():
+    gen = torch.Generator().manual_seed(3)
+    g = torch.randn(5, 1000, generator=gen) * 1e-3
+    m, v = torch.randn(1000, generator=gen) * 1e-3, torch.rand(1000, generator=gen) * 1e-6
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    plain = (b1 * m + (1 - b1) * g) / (torch.sqrt(b2 * v + (1 - b2) * g * g) + eps)
+    got = Preconditioner("adam", exp_avg=m, exp_avg_sq=v, betas=(b1, b2), eps=eps)(g)
+    assert torch.equal(got, plain)
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "sjlt"])
+def test_streaming_projection_equals_shard_at_once(lora_setup, kind):
+    """Rows projected batch by batch (a buffer of 3, 4 or 7 rows, batches of 3) give the bytes
+    of one projection call over the whole shard, at one torch thread (set by the fixture)."""
+    from mint.model.projection import make_projector
+
+    model, _, tokenized, ids = lora_setup
+    assert torch.get_num_threads() == 1
+    collector = LoraGradCollector(model)
+    gen = torch.Generator().manual_seed(1)
+    pre = Preconditioner("adam", exp_avg=torch.randn(collector.grad_dim, generator=gen) * 1e-3,
+                         exp_avg_sq=torch.rand(collector.grad_dim, generator=gen) * 1e-6)
+    projector = make_projector(collector.grad_dim, [16, 600], seed=2, kind=kind)
+    common = dict(collector=collector, preconditioner=pre, projector=projector, batch_size=3, **ids)
+    whole = shard_features(model, tokenized[:7], **common)
+    assert set(whole) == {"sft_16", "pt_16", "sft_600", "pt_600"}
+    for rows in (3, 4, 7):
+        streamed = shard_features(model, tokenized[:7], buffer_rows=rows, **common)
+        for key in whole:
+            assert np.array_equal(streamed[key], whole[key]), (rows, key)

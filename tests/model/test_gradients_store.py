@@ -304,3 +304,65 @@ def test_dtype_is_passed_to_the_model_and_recorded(reference_store, tiny_model_d
     assert feats["sft"].shape == (14, 16) and np.isfinite(feats["sft"]).all()
     with pytest.raises(MintError, match="model_dtype"):  # a float32 run refuses the bfloat16 store
         _run(tiny_model_dir, data_file, sgd_warmup_dir, out, proj_dim=16)
+
+
+def test_projection_settings_recorded_and_a_resume_with_others_refused(reference_store, tiny_model_dir, data_file,
+                                                                       sgd_warmup_dir, tmp_path):
+    """sjlt end to end; the projection (kind, s) and shard_size are in the manifest, and a run with
+    another one is refused; streaming (a tiny buffer) gives the bytes of the whole-shard run."""
+    manifest = mint.model.store.read_manifest(reference_store)
+    assert manifest["settings"]["projection"]["type"] == "rademacher" and manifest["shard_size"] == 4
+    assert manifest["info"]["buffer_rows"] == 8 and manifest["info"]["memory_estimate_bytes"] > 0
+    out = _run(tiny_model_dir, data_file, sgd_warmup_dir, tmp_path / "sjlt", projection="sjlt", sjlt_s=3)
+    manifest = mint.model.store.read_manifest(out)
+    assert manifest["settings"]["projection"] == {"type": "sjlt", "grad_dim": manifest["info"]["grad_dim"],
+                                                  "proj_dims": [16, 64], "seed": 5, "s": 3, "chunk": 1 << 20,
+                                                  "version": 1}
+    sjlt = mint.load_features(out, dim=64, normalized=False)
+    dense = mint.load_features(reference_store, dim=64, normalized=False)
+    assert not np.allclose(sjlt["sft"], dense["sft"])
+    # norms agree with the dense projection's to JL accuracy (both estimate the raw gradient's norm)
+    ratio = np.linalg.norm(sjlt["sft"], axis=1) / np.linalg.norm(dense["sft"], axis=1)
+    assert 0.6 < ratio.min() and ratio.max() < 1.6
+    for other, match in ((dict(projection="sjlt", sjlt_s=2), "projection"), (dict(projection="rademacher"), "projection"),
+                         (dict(projection="sjlt", sjlt_s=3, shard_size=5), "shard_size")):
+        with pytest.raises(MintError, match=match):
+            _run(tiny_model_dir, data_file, sgd_warmup_dir, out, **other)
+    streamed = _run(tiny_model_dir, data_file, sgd_warmup_dir, tmp_path / "stream", buffer_mb=0)
+    assert mint.model.store.read_manifest(streamed)["info"]["buffer_rows"] == 3  # one micro-batch
+    assert _feature_bytes(streamed) == _feature_bytes(reference_store)
+
+
+def test_a_step_that_cannot_fit_is_refused_before_any_work(tiny_model_dir, data_file, sgd_warmup_dir, tmp_path,
+                                                           monkeypatch, caplog):
+    import logging
+
+    import mint.model.features as features
+
+    caplog.set_level(logging.INFO, logger="mint.model.features")
+    monkeypatch.setattr(features, "_free_memory", lambda device: 1 << 20)  # 1 MiB free
+    with pytest.raises(MintError, match="grads.batch_size|lora.r"):
+        _run(tiny_model_dir, data_file, sgd_warmup_dir, tmp_path / "nofit")
+    assert "estimated peak memory of the feature step on cpu" in caplog.text
+    assert not (tmp_path / "nofit" / "manifest.json").exists()
+
+
+def test_trak_falls_back_to_the_tiles_when_it_cannot_run(tiny_model_dir, data_file, sgd_warmup_dir, tmp_path, caplog):
+    """Without CUDA (or without traker[fast]) `projection trak` logs why and uses mint's rademacher
+    tiles, which the manifest records."""
+    import logging
+
+    from mint.model.trak_projector import TRAK_INSTALL, why_not_trak
+
+    assert "needs a CUDA device" in why_not_trak("cpu", [512])
+    assert "multiples of 512" in why_not_trak("cuda:0", [1000])
+
+    def missing(name):
+        raise ImportError(f"No module named {name!r}")
+
+    assert TRAK_INSTALL in why_not_trak("cuda:0", [512, 1024], importer=missing)
+    assert why_not_trak("cuda:0", [512], importer=lambda name: None) is None
+    caplog.set_level(logging.WARNING, logger="mint.model.trak_projector")
+    out = _run(tiny_model_dir, data_file, sgd_warmup_dir, tmp_path / "trak", projection="trak", proj_dim=16)
+    assert "projection trak is not available (trak's kernel needs a CUDA device" in caplog.text
+    assert mint.model.store.read_manifest(out)["settings"]["projection"]["type"] == "rademacher"

@@ -77,6 +77,47 @@ def test_inner_products_preserved_within_jl_tolerance():
     assert ((norms - 1).abs() < 0.15).all()
 
 
+def test_one_row_gives_the_bytes_it_has_among_others():
+    # BLAS multiplies a single row with another kernel: the projector pads it (at one thread, rows never interact)
+    torch.set_num_threads(1)
+    x = _features(6, 5000)
+    proj = BlockProjector(5000, [64, 700], seed=2)
+    together = proj.project(x)
+    for i in range(6):
+        alone = proj.project(x[i:i + 1])
+        assert all(torch.equal(alone[d][0], together[d][i]) for d in (64, 700))
+
+
+def test_device_tiles_are_deterministic_and_seeded():
+    """The torch-generated tiles (the GPU path, run here with the CPU generator): the same seed
+    gives the same bytes, partial tiles are corners, and another seed or position another tile."""
+    from mint.model.projection import device_tile, tile_seed
+
+    a = device_tile(5, 2, 1, "rademacher", "cpu", rows=1000)
+    assert a.shape == (1000, 2048) and torch.equal(a, device_tile(5, 2, 1, "rademacher", "cpu", rows=1000))
+    assert set(a.unique().tolist()) == {-1.0, 1.0} and abs(a.mean().item()) < 0.01
+    assert not torch.equal(a, device_tile(5, 1, 2, "rademacher", "cpu", rows=1000))
+    assert not torch.equal(a, device_tile(6, 2, 1, "rademacher", "cpu", rows=1000))
+    assert torch.equal(device_tile(5, 2, 1, "rademacher", "cpu", rows=1000, cols=7), a[:, :7])
+    gauss = device_tile(5, 2, 1, "gaussian", "cpu", rows=1000)
+    assert abs(gauss.std().item() - 1) < 0.01
+    assert tile_seed(5, 2, 1) == tile_seed(5, 2, 1) != tile_seed(5, 1, 2)
+    x = _features(4, 3000)
+    on_dev = BlockProjector(3000, [100, 2100], seed=7, tiles="device")
+    again = BlockProjector(3000, [100, 2100], seed=7, tiles="device", cache_bytes=0)
+    numpy_tiles = BlockProjector(3000, [100, 2100], seed=7)
+    assert on_dev.describe()["tiles"] == "torch-cpu" and "tiles" not in numpy_tiles.describe()
+    assert on_dev.describe()["tile_rows"] == 1 << 16 and numpy_tiles.describe()["tile_rows"] == TILE_ROWS
+    first, second = on_dev.project(x), again.project(x)
+    assert all(torch.equal(first[d], second[d]) for d in (100, 2100))
+    assert not torch.allclose(first[2100], numpy_tiles.project(x)[2100])
+    # the prefix property holds for device tiles too; a projection by the explicit tiles agrees
+    torch.testing.assert_close(first[100], first[2100][:, :100] * math.sqrt(2100 / 100), rtol=1e-5, atol=1e-5)
+    matrix = torch.cat([device_tile(7, 0, 0, "rademacher", "cpu", rows=3000),
+                        device_tile(7, 0, 1, "rademacher", "cpu", rows=3000, cols=52)], dim=1)
+    torch.testing.assert_close(first[2100], x @ matrix / math.sqrt(2100), rtol=1e-4, atol=1e-4)
+
+
 def test_identity_and_bad_settings():
     x = _features(3, 10)
     ident = make_projector(10, None, seed=0)

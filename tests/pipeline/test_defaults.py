@@ -36,6 +36,8 @@ def _cases():
                       "weighting": t.weighting, "seed": CFG.seed, **RENDER, **MODEL,
                       **{key: getattr(t, key) for key in TRAINER_KEYS}}),
         (compute_features, {"proj_dim": g.proj_dim, "grad_type": g.grad_type, "batch_size": g.batch_size,
+                            "storage_dtype": g.storage_dtype, "projection": g.projection, "sjlt_s": g.sjlt_s,
+                            "shard_size": g.shard_size, "cache_mb": g.cache_mb, "buffer_mb": g.buffer_mb,
                             "seed": CFG.seed, **RENDER, **MODEL}),
         (evaluate, {"batch_size": e.batch_size, "generate": e.generate, "max_new_tokens": e.max_new_tokens,
                     "generate_limit": e.generate_limit, **RENDER, **MODEL}),

@@ -22,12 +22,12 @@ def _proj_dim(text: str):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mint.choices import PROJECTIONS
-
     add_config_options(
         parser, [("data.train", "--data"), *MODEL_KEYS, *RENDER_KEYS, "seed", "threads", ("grads.proj_dim", "--proj_dim"),
                  ("grads.grad_type", "--grad_type"), ("grads.batch_size", "--batch_size"),
-                 ("grads.storage_dtype", "--storage_dtype")],
+                 ("grads.storage_dtype", "--storage_dtype"), ("grads.projection", "--projection"),
+                 ("grads.sjlt_s", "--sjlt_s"), ("grads.shard_size", "--shard_size"), ("grads.cache_mb", "--cache_mb"),
+                 ("grads.buffer_mb", "--buffer_mb")],
         required=["data.train"],
         # several dimensions come from one pass here, so this option takes a list and is read by
         # `run` itself (dest differs from the key, so it is not applied to the one-number config key)
@@ -35,12 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "help": "projection dimension(s), all computed in one pass; 'none' keeps raw "
                                               "gradients (default: 8192, as in LESS and MINT)"}})
     parser.add_argument("--warmup_dir", required=True, help="output folder of `mint warmup` (adapter + optimizer state)")
-    parser.add_argument("--projection", choices=PROJECTIONS, default="rademacher",
-                        help="random projection matrix entries (default rademacher)")
-    parser.add_argument("--shard_size", type=int, default=64,
-                        help="examples per resumable shard and per projection call (default 64)")
-    parser.add_argument("--cache_mb", type=int, default=1024,
-                        help="memory for cached projection tiles in MiB; tiles beyond it are regenerated (default 1024)")
     add_output_options(parser, "feature store folder (created; resumed if it exists)")
 
 
@@ -61,14 +55,14 @@ def run(args: argparse.Namespace) -> int:
     proj_dim = dims if len(dims) > 1 else dims[0]
     with output_folder(args, args.output_dir):  # under torchrun rank 0 holds the lock for the job
         out = grads_call(cfg, Path(cfg.data.train), Path(args.warmup_dir), Path(args.output_dir), proj_dim=proj_dim,
-                         projection=args.projection, shard_size=args.shard_size, cache_bytes=args.cache_mb << 20,
                          overwrite=args.overwrite, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         manifest = read_manifest(out)
         s, info = manifest["settings"], manifest["info"]
         print(f"mint grads: {manifest['n']} examples -> {out}\n"
               f"  kinds sft, pt, ifl (raw and normalised), dims {', '.join(manifest['dims'])}, "
-              f"grad_type {s['grad_type']}, grad_dim {info.get('grad_dim')}, seed {s['seed']}, "
+              f"grad_type {s['grad_type']}, projection {s['projection'].get('type')}, grad_dim {info.get('grad_dim')}, "
+              f"seed {s['seed']}, "
               f"processes {info.get('world_size')}\n"
               f"  load with: mint.load_features({str(out)!r})")
     return 0

@@ -37,9 +37,9 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
                      grad_type: str = "adam", batch_size: int = 8, max_length: int = 512, seed: int = 0,
                      template: str = "auto", schema: str = "auto", long_prompts: str = "error",
                      assistant_turns: str = "all",
-                     projection: str = "rademacher", shard_size: int = 64, device: str = "auto",
-                     dtype: str = "auto", storage_dtype: str = "float32", cache_bytes: int = 1 << 30,
-                     overwrite: bool = False, progress: bool = True) -> Path:
+                     projection: str = "rademacher", sjlt_s: int = 2, shard_size: int = 64, device: str = "auto",
+                     dtype: str = "auto", storage_dtype: str = "float32", cache_mb: int = 1024,
+                     buffer_mb: int = 1024, overwrite: bool = False, progress: bool = True) -> Path:
     """Gradient features (SFT, PT, IFL) of every example of `data_path` into the store
     `output_dir` (see `mint.model.store`); returns `output_dir`. Resumes an interrupted run.
 
@@ -47,12 +47,17 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     grad_type: adam (warm-up AdamW state, docs/design.md section 2), sgd or sign.
     batch_size: examples per forward/backward pass (results do not depend on it beyond float
     rounding). long_prompts: `error` or `truncate` for prompts that alone fill max_length (see
-    `mint.model.data.tokenize_examples`). shard_size: examples per resumable shard, also the number
-    projected together (2 * shard_size rows per projection call; a constant of the store, since
-    it fixes the batches). dtype: the model's precision (`mint.model.modeling.resolve_dtype`; the
-    store records the resolved one as `model_dtype`). storage_dtype: float32, or float16 for
-    the normalised rows the selection reads (half their disk and I/O; raw rows stay float32). cache_bytes: memory for cached projection
-    tiles. overwrite: replace a store made with other settings (its partial progress is lost).
+    `mint.model.data.tokenize_examples`). projection: rademacher | gaussian (dense tiles) | sjlt
+    (sparse, `sjlt_s` entries per coordinate) | trak (`mint.model.trak_projector`). shard_size:
+    examples per resumable shard (a constant of the store, since it fixes the batches). dtype:
+    the model's precision (`mint.model.modeling.resolve_dtype`; the store records the resolved
+    one as `model_dtype`); gradients and features are float32 whatever it is. storage_dtype:
+    float32, or float16 for the normalised rows the selection reads (half their disk and I/O;
+    raw rows stay float32). cache_mb: MiB of cached projection tiles or hashes. buffer_mb: MiB of
+    gradient rows waiting for the projection (the whole shard when it fits, else as many
+    micro-batches as fit; `mint.model.gradients.shard_features`). overwrite: replace a store made
+    with other settings (its partial progress is lost). The estimated peak memory is logged
+    before the work starts, and a run that cannot fit is refused (`mint.model.memory`).
     Under `torchrun`, each rank computes a contiguous range of shards and rank 0 merges."""
     from mint.model.data import load_examples, token_settings, tokenize_examples
     from mint.model.projection import make_projector
@@ -68,12 +73,17 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     render = token_settings(examples, template=template, max_length=max_length, long_prompts=long_prompts,
                             assistant_turns=assistant_turns)
     projector = make_projector(setup.collector.grad_dim, proj_dim, seed, kind=projection, device=setup.device,
-                               cache_bytes=cache_bytes)
+                               cache_bytes=cache_mb << 20, sjlt_s=sjlt_s)
     settings = _settings(setup, projector, data_path=data_path, render=render, model_name_or_dir=model_name_or_dir,
                          grad_type=grad_type, seed=seed)
+    buffer_rows = _buffer_rows(buffer_mb, setup.collector.grad_dim, batch_size=batch_size, shard_size=shard_size)
+    estimate, check_memory = _memory(setup, projector, batch_size=batch_size, max_length=max_length,
+                                     grad_type=grad_type, projection=projection, sjlt_s=sjlt_s, cache_mb=cache_mb,
+                                     buffer_rows=buffer_rows, shard_size=shard_size)
     info = {"data_path": str(data_path), "warmup_dir": str(warmup_dir), "batch_size": batch_size,
             "world_size": world, "device": str(setup.device), "grad_dim": setup.collector.grad_dim,
-            "dtype": dtype}
+            "dtype": dtype, "cache_mb": cache_mb, "buffer_mb": buffer_mb,
+            "buffer_rows": buffer_rows or 2 * shard_size, "memory_estimate_bytes": estimate.total}
     store = FeatureStore(output_dir, n=len(examples), dims=list(projector.keys), shard_size=shard_size,
                          settings=settings, info=info, normalized_dtype=storage_dtype)
     if store.is_complete() and not overwrite:
@@ -88,12 +98,13 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     tokenized = tokenize_examples(examples, setup.tokenizer, max_length=max_length, template=template,
                                   long_prompts=long_prompts, assistant_turns=assistant_turns,
                                   progress=progress and rank == 0)
+    check_memory()  # refuses a step that cannot fit, before anything is written
     if rank == 0:
         _warn_on_changes(output_dir, info, settings, warmup_dir, overwrite)
         store.prepare(overwrite=overwrite)
     barrier(dist)
     n_todo, elapsed = _compute_shards(store, setup, projector, tokenized, rank=rank, world=world,
-                                      batch_size=batch_size, progress=progress)
+                                      batch_size=batch_size, buffer_rows=buffer_rows, progress=progress)
     barrier(dist)
     if rank == 0:
         store.merge(progress=progress)
@@ -191,7 +202,7 @@ def _settings(setup: _Setup, projector, *, data_path: Path, render: dict, model_
 
 
 def _compute_shards(store, setup: _Setup, projector, tokenized, *, rank: int, world: int, batch_size: int,
-                    progress: bool) -> tuple[int, float]:
+                    buffer_rows: int | None, progress: bool) -> tuple[int, float]:
     """Compute and write this rank's shards that are not done yet; (examples done, seconds)."""
     from tqdm.auto import tqdm
 
@@ -212,9 +223,70 @@ def _compute_shards(store, setup: _Setup, projector, tokenized, *, rank: int, wo
             start, end = store.shard_range(k)
             rows = shard_features(setup.model, tokenized[start:end], collector=setup.collector,
                                   preconditioner=setup.preconditioner, projector=projector, batch_size=batch_size,
-                                  on_batch=bar.update, **ids)
+                                  buffer_rows=buffer_rows, on_batch=bar.update, **ids)
             store.write_shard(k, rows)
     return n_todo, time.perf_counter() - started
+
+
+def _buffer_rows(buffer_mb: int, grad_dim: int, *, batch_size: int, shard_size: int) -> int | None:
+    """Rows of the projection buffer: None (the whole shard, one call) when 2 * shard_size rows
+    fit in buffer_mb, else as many as fit, at least one micro-batch."""
+    fit = (buffer_mb << 20) // (4 * grad_dim)
+    return None if fit >= 2 * shard_size else max(batch_size, fit)
+
+
+def _memory(setup: _Setup, projector, *, batch_size: int, max_length: int, grad_type: str, projection: str,
+            sjlt_s: int, cache_mb: int, buffer_rows: int | None, shard_size: int):
+    """The estimated peak memory of the step (`mint.model.memory`), logged, and the check to run
+    before the work starts: a MintError naming the setting when it cannot fit in what is free on
+    the device (CUDA) or in the available RAM (CPU)."""
+    from mint.model.memory import check_feature_memory, estimate_feature_memory
+
+    shape = model_shape(setup.model, setup.collector)
+    options = dict(max_length=max_length, grad_type=grad_type, projection=projection,
+                   proj_dims=[k for k in projector.keys if k != "full"] or None, cache_bytes=cache_mb << 20,
+                   sjlt_s=sjlt_s, tile_bytes=getattr(projector, "tile_rows", 0) * getattr(projector, "tile_cols", 0) * 4)
+    rows = buffer_rows or 2 * shard_size
+
+    def at_batch(b: int):
+        return estimate_feature_memory(shape, batch_size=b, buffer_rows=rows if buffer_rows is None else max(b, rows),
+                                       **options)
+
+    estimate = at_batch(batch_size)
+    log.info("estimated peak memory of the feature step on %s (batch_size %d, max_length %d, grad_dim %d, "
+             "projection %s): %s", setup.device, batch_size, max_length, shape.grad_dim, projection,
+             estimate.describe())
+    loaded = estimate.parts["weights"] + estimate.parts["lora"] // 2 + estimate.parts["adam_state"]
+
+    def check() -> None:
+        check_feature_memory(estimate, available=_free_memory(setup.device), allocated=loaded,
+                             where=str(setup.device), batch_size=batch_size, at_batch=at_batch)
+    return estimate, check
+
+
+def model_shape(model, collector: LoraGradCollector):
+    """`mint.model.memory.ModelShape` of a (peft) model and its gradient collector."""
+    from mint.model.memory import ModelShape
+
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    config = getattr(config, "text_config", None) or config  # multimodal configs nest the language model's
+    base = [p for n, p in model.named_parameters() if "lora_" not in n]
+    hidden = int(config.hidden_size)
+    return ModelShape(n_params=sum(p.numel() for p in base), param_bytes=base[0].element_size(), hidden_size=hidden,
+                      intermediate_size=int(getattr(config, "intermediate_size", None) or 4 * hidden),
+                      num_layers=int(config.num_hidden_layers), vocab_size=int(config.vocab_size),
+                      grad_dim=collector.grad_dim, lora_io=collector.io_width)
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Free bytes where the features are computed: the GPU's free memory, or MemAvailable."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        from mint._io import available_memory
+
+        return available_memory()
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,6 +53,8 @@ class LoraGradCollector:
             self.shapes.append(tuple(p.shape))
             self._owners[owner_name] = owner
         self.grad_dim = sum(math.prod(s) for s in self.shapes)
+        # values the hooks record per token: each layer's input and output gradient (the memory estimate)
+        self.io_width = sum(m.in_features + m.out_features for m in self._owners.values())
         self._records: dict[str, list] = {}
 
     @contextmanager
@@ -133,9 +135,14 @@ class Preconditioner:
             return g
         if self.grad_type == "sign":
             return torch.sign(g)
-        m = self.b1 * self.m + (1 - self.b1) * g
-        v = self.b2 * self.v + (1 - self.b2) * g * g
-        return m / (torch.sqrt(v) + self.eps)
+        # m' = b1 m + (1-b1) g and v' = b2 v + (1-b2) g g, in place: two rows of work per gradient
+        # row, not five. The same float operations in the same order as the plain expressions
+        # (an addition's operands commute exactly), so the same bytes.
+        m = (1 - self.b1) * g
+        m.add_(self.b1 * self.m)
+        v = (1 - self.b2) * g
+        v.mul_(g).add_(self.b2 * self.v)
+        return m.div_(v.sqrt_().add_(self.eps))
 
 
 def _check_finite(grads: torch.Tensor, indices, view: str) -> None:
@@ -148,20 +155,28 @@ def _check_finite(grads: torch.Tensor, indices, view: str) -> None:
 
 
 def shard_features(model, tokenized, *, collector, preconditioner, projector, batch_size: int,
-                   pad_id: int, bos_id: int, on_batch=None) -> dict[str, np.ndarray]:
+                   pad_id: int, bos_id: int, buffer_rows: int | None = None, on_batch=None) -> dict[str, np.ndarray]:
     """{"sft_<dim>", "pt_<dim>"} (m, D) float32 features of the examples `tokenized` (one shard).
 
     Each view is batched over the shard's examples sorted by that view's length (less
     padding); the batches depend only on the shard, so a resumed run makes the same batches
-    and the same bytes. `on_batch(k)` is called with the examples done (half per view)."""
+    and the same bytes. `on_batch(k)` is called with the examples done (half per view).
+
+    Streaming: the preconditioned rows wait in a buffer of `buffer_rows` rows (at least one
+    batch) and are projected whenever the next batch would not fit, so memory is bounded by
+    the buffer, never by the shard. `None` (or room for the whole shard): every row of the
+    shard in one projection call, SFT rows then PT rows in example order, as before streaming
+    (the same bytes at any thread count). A row's projection does not depend on the other rows
+    of a call at one torch thread, so there the bytes never depend on `buffer_rows`; with more
+    threads they agree to float rounding (see `mint.model.projection`)."""
     from mint.model.data import collate
 
     m = len(tokenized)
     lengths = {"sft": lambda t: t.sft_length, "pt": lambda t: len(t.response_ids)}
     device = next(model.parameters()).device
-    # SFT rows in [0, m), PT rows in [m, 2m): one projection call for the whole shard, so
-    # each projection tile is generated once per shard.
-    feats = torch.empty(2 * m, collector.grad_dim, dtype=torch.float32, device=device)
+    whole = buffer_rows is None or buffer_rows >= 2 * m
+    buffer = _RowBuffer(projector, 2 * m if whole else max(buffer_rows, batch_size), collector.grad_dim, device,
+                        n_out=2 * m, in_place=whole)
     for view, offset in (("sft", 0), ("pt", m)):
         order = sorted(range(m), key=lambda i: (lengths[view](tokenized[i]), i))
         for start in range(0, m, batch_size):
@@ -169,13 +184,50 @@ def shard_features(model, tokenized, *, collector, preconditioner, projector, ba
             chunk = [tokenized[i] for i in pos]
             grads = per_example_grads(model, collate(chunk, view, pad_id=pad_id, bos_id=bos_id), collector)
             _check_finite(grads, [t.index for t in chunk], view)
-            feats[torch.tensor(pos, device=device) + offset] = preconditioner(grads)
+            features = preconditioner(grads)
+            del grads
+            buffer.add(features, [p + offset for p in pos])  # SFT rows [0, m), PT rows [m, 2m)
+            del features
             if on_batch is not None:
                 on_batch(len(chunk) / 2)
-    projected = projector.project(feats)
-    out = {}
-    for key, arr in projected.items():
-        arr = arr.cpu().numpy()
-        out[f"sft_{key}"] = np.ascontiguousarray(arr[:m])
-        out[f"pt_{key}"] = np.ascontiguousarray(arr[m:])
-    return out
+    out = buffer.finish()
+    return {f"{view}_{key}": np.ascontiguousarray(arr[lo:hi]) for key, arr in out.items()
+            for view, lo, hi in (("sft", 0, m), ("pt", m, 2 * m))}
+
+
+class _RowBuffer:
+    """Feature rows waiting for the projector, and the projected rows of the shard (on the CPU).
+
+    `in_place`: buffer row i is output row i, and the whole buffer is projected once at the end."""
+
+    def __init__(self, projector, capacity: int, grad_dim: int, device, *, n_out: int, in_place: bool):
+        self.projector, self.capacity, self.n_out, self.in_place = projector, capacity, n_out, in_place
+        self.rows = torch.empty(capacity, grad_dim, dtype=torch.float32, device=device)
+        self.count = 0
+        self.dest: list[int] = []  # output row of each buffered row (streaming)
+        self.out: dict = {}
+
+    def add(self, features: torch.Tensor, dest: list[int]) -> None:
+        if self.in_place:
+            self.rows[torch.tensor(dest, device=self.rows.device)] = features
+        else:
+            if self.count + len(dest) > self.capacity:
+                self.flush()
+            self.rows[self.count:self.count + len(dest)] = features
+            self.dest.extend(dest)
+        self.count += len(dest)
+
+    def flush(self) -> None:
+        if not self.count:
+            return
+        projected = self.projector.project(self.rows[:self.count])
+        dest = np.arange(self.n_out) if self.in_place else np.asarray(self.dest)
+        for key, arr in projected.items():
+            if key not in self.out:
+                self.out[key] = np.empty((self.n_out, arr.shape[1]), dtype=np.float32)
+            self.out[key][dest] = arr.cpu().numpy()
+        self.count, self.dest = 0, []
+
+    def finish(self) -> dict:
+        self.flush()
+        return self.out

@@ -162,14 +162,29 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def resolve_dtype(dtype: str, device: str):
-    """``auto``: float32 on CPU (bfloat16 matmuls are slow there), bfloat16 on GPU."""
+    """``auto``: float32 on CPU (bfloat16 matmuls are slow there), bfloat16 on a GPU that supports
+    it (compute capability 8 and later), float32 on an older one; bfloat16 asked for on such a GPU
+    is an error naming the setting."""
     import torch
 
     if dtype not in DTYPES:
         raise MintError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    cuda = str(device).startswith("cuda")
     if dtype == "auto":
-        return torch.float32 if device == "cpu" else torch.bfloat16
+        if str(device) == "cpu":
+            return torch.float32
+        return torch.float32 if cuda and not _bf16_on(device) else torch.bfloat16
+    if dtype == "bfloat16" and cuda and not _bf16_on(device):
+        raise MintError(f"model.dtype bfloat16: the GPU {device} does not support bfloat16 (it needs compute "
+                        "capability 8.0, e.g. A100, H100); use --model.dtype float32, or float16")
     return getattr(torch, dtype)  # the names of mint.choices.DTYPES are torch's
+
+
+def _bf16_on(device) -> bool:
+    import torch
+
+    with torch.cuda.device(torch.device(device)):
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
 
 
 def load_tokenizer(name_or_dir: str | os.PathLike):

@@ -59,7 +59,7 @@ class ModelConfig:
     name: str = _f("smollm2-135m-instruct", "base model: a local folder, a hub id (needs network), or the "
                                             "offline alias smollm2-135m-instruct")
     device: str = _f("auto", "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
-    dtype: str = _f("auto", "auto (float32 on CPU, bfloat16 on GPU) | float32 | bfloat16 | float16",
+    dtype: str = _f("auto", "auto (float32 on CPU, bfloat16 on a GPU that supports it, else float32) | float32 | bfloat16 | float16",
                     choices=choices.DTYPES)
     proxy: str | None = _f(None, "a smaller model for the warm-up and the gradient features (selection), while "
                                  "training and evaluation use `name`; empty = `name` does both")
@@ -122,6 +122,17 @@ class GradsConfig:
     batch_size: int = _f(8, "examples per batched per-example-gradient pass")
     storage_dtype: str = _f("float32", "float32 | float16: the normalised features the selection reads (float16 "
                                        "halves their disk and I/O)", choices=choices.STORAGE_DTYPES)
+    projection: str = _f("rademacher", "random projection: rademacher | gaussian (dense seeded tiles) | sjlt (sparse "
+                                        "JL: sjlt_s signed entries per coordinate, the fast choice at 7-8B scale) | "
+                                        "trak (trak's CUDA kernel, pip install 'mint-coreset[trak]'; else rademacher)",
+                         choices=choices.PROJECTIONS)
+    sjlt_s: int = _f(2, "non-zeros per gradient coordinate of the sjlt projection (2: distortion of the dense "
+                        "projection on real features, about 0.6 s per 109M-entry row on one CPU thread)")
+    shard_size: int = _f(64, "examples per resumable shard of the feature store (a constant of the store)")
+    cache_mb: int = _f(1024, "MiB of projection tiles (dense) or hashes (sjlt) kept on the device; beyond it they "
+                             "are regenerated for every projection call")
+    buffer_mb: int = _f(1024, "MiB of gradient rows waiting for the projection: the whole shard in one call when it "
+                              "fits (fewest calls), else as many micro-batches as fit, at least one")
 
 
 @dataclass

@@ -57,6 +57,12 @@ def validate(cfg: "RunConfig") -> None:
         need(not (c.bf16 and c.fp16), f"{sec}.fp16", f"both {sec}.bf16 and {sec}.fp16 are set; choose one")
         need(len(c.report_to) > 0, f"{sec}.report_to", "give at least one name (none: no logging integration)")
     need(cfg.grads.batch_size >= 1, "grads.batch_size", "must be >= 1")
+    g = cfg.grads
+    need(g.shard_size >= 1, "grads.shard_size", "must be >= 1")
+    need(g.cache_mb >= 0, "grads.cache_mb", "must be >= 0 (0: no cache)")
+    need(g.buffer_mb >= 0, "grads.buffer_mb", "must be >= 0 (0: project every micro-batch)")
+    need(g.sjlt_s >= 1, "grads.sjlt_s", "must be >= 1 (2 is the default)")
+    need(g.proj_dim is None or g.sjlt_s <= g.proj_dim, "grads.sjlt_s", f"{g.sjlt_s} exceeds grads.proj_dim {g.proj_dim}")
     need(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
     need(cfg.grads.proj_dim is None or cfg.grads.proj_dim >= 1, "grads.proj_dim", "must be >= 1 or empty")
     need(cfg.data.max_length >= 8, "data.max_length", f"{cfg.data.max_length} is too small (>= 8)")

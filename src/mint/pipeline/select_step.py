@@ -167,14 +167,9 @@ class PartFolder:
 
 def available_bytes() -> int | None:
     """MemAvailable from /proc/meminfo, the default limit of `mint select` (None where unreadable)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    from mint._io import available_memory
+
+    return available_memory()
 
 
 # over 60 lines only through its signature and docstring; the body is about 40

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from mint._io import read_json, sha256_bytes
 from mint.errors import MintError
 from mint.records import source_format, source_sha256
-from mint.pipeline.config import TRAINER_KEYS, RunConfig
+from mint.pipeline.config import TRAINER_KEYS, GradsConfig, RunConfig
 
 __all__ = ["STEPS", "DEMO_DATA_VERSION", "render_options", "render_key", "warmup_call", "grads_call",
            "select_call", "train_call", "eval_call"]
@@ -29,6 +29,7 @@ __all__ = ["STEPS", "DEMO_DATA_VERSION", "render_options", "render_key", "warmup
 log = logging.getLogger(__name__)
 
 DEMO_DATA_VERSION = 1  # bump when mint.pipeline.demo_data changes what it generates
+_ADDED_GRADS_KEYS = ("projection", "sjlt_s", "shard_size", "buffer_mb")  # in the grads key only when changed
 
 
 # ----------------------------------------------------------------------------- config -> library calls
@@ -88,7 +89,8 @@ def grads_call(cfg: RunConfig, train_path: Path, warmup_dir: Path, folder: Path,
     options.setdefault("proj_dim", g.proj_dim)
     return compute_features(cfg.model.selector(), train_path, warmup_dir, folder, grad_type=g.grad_type,
                             batch_size=g.batch_size, seed=cfg.seed, device=cfg.model.device, dtype=cfg.model.dtype,
-                            storage_dtype=g.storage_dtype,
+                            storage_dtype=g.storage_dtype, projection=g.projection, sjlt_s=g.sjlt_s,
+                            shard_size=g.shard_size, cache_mb=g.cache_mb, buffer_mb=g.buffer_mb,
                             **render_options(cfg), **options)
 
 
@@ -241,7 +243,12 @@ def warmup(ctx: Context) -> None:
 
 def grads(ctx: Context) -> None:
     cfg, warm = ctx.cfg, ctx.infos["warmup"]
-    inputs = {"warmup": warm.key, "grads": asdict(cfg.grads), "render": ctx.common["render"], "seed": cfg.seed,
+    # cache_mb changes how fast, never what: not part of the key; the keys that came with the
+    # streaming and sparse projections count only when changed, so earlier runs are not redone
+    default = asdict(GradsConfig())
+    settings = {k: v for k, v in asdict(cfg.grads).items()
+                if k != "cache_mb" and not (k in _ADDED_GRADS_KEYS and v == default[k])}
+    inputs = {"warmup": warm.key, "grads": settings, "render": ctx.common["render"], "seed": cfg.seed,
               "device": cfg.model.device, "dtype": cfg.model.dtype}
 
     def do(folder: Path) -> dict:
