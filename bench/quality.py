@@ -226,6 +226,16 @@ def jobs(args, subsets: list[dict], n: int) -> list[dict]:
     return out
 
 
+def front_settings(args) -> dict:
+    """What the warm-up, the features and so the selections depend on. The pool by its content,
+    not its path, so that the stored selections serve any checkout."""
+    from mint._io import sha256_file
+
+    front = {k: str(getattr(args, k)) for k in ("model", "n", "seed", "max_length", "proj_dims", "warmup_ratio",
+                                                "warmup_epochs", "warmup_lr", "lora_r", "grads_batch_size")}
+    return {**front, "pool_sha256": sha256_file(args.pool)}
+
+
 def train_settings(args) -> dict:
     return {"lr": args.lr, "batch_size": args.batch_size, "grad_accum": args.grad_accum, "lora_r": args.lora_r,
             "max_length": args.max_length}
@@ -467,8 +477,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    front = {k: str(getattr(args, k)) for k in ("model", "pool", "n", "seed", "max_length", "proj_dims",
-                                                "warmup_ratio", "warmup_epochs", "warmup_lr", "lora_r")}
+    front = front_settings(args)
     work = Path(args.work_dir) / f"{args.tag}-{_sha(front)[:10]}"  # warm-up and features depend on these only
     results = Path(args.results_dir) / args.tag
     runs_dir = results / "runs"
