@@ -438,6 +438,7 @@ def parse(argv):
     p.add_argument("--n_boot", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the table says which numbers came from where)")
     p.add_argument("--budget_minutes", type=float, default=0, help="start no training after this long (0 = none)")
     p.add_argument("--only_analyse", action="store_true", help="no computing: the table from the stored runs")
     p.add_argument("--smoke", action="store_true", help="a few records, few arms, one epoch: seconds on a tiny model")
@@ -502,12 +503,12 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         run_warmup(args.model, data["train"], work / "warmup", sample_ratio=args.warmup_ratio,
                    epochs=args.warmup_epochs, lr=args.warmup_lr, batch_size=args.batch_size,
-                   grad_accum=args.grad_accum, lora=lora, seed=args.seed, device="cpu", overwrite=True,
+                   grad_accum=args.grad_accum, lora=lora, seed=args.seed, device=args.device, overwrite=True,
                    progress=True, **text)
         stage_s["warmup"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         compute_features(args.model, data["train"], work / "warmup", work / "grads", proj_dim=list(args.proj_dims),
-                         batch_size=args.grads_batch_size, seed=args.seed, device="cpu", progress=True, **text)
+                         batch_size=args.grads_batch_size, seed=args.seed, device=args.device, progress=True, **text)
         stage_s["grads"] = time.perf_counter() - t0
         feats = {d: load_features(work / "grads", dim=d) for d in args.proj_dims}
         n = feats[args.proj_dims[0]]["sft"].shape[0]
@@ -536,7 +537,7 @@ def main(argv=None) -> int:
     base_file = runs_dir / "base.json"
     base = json.loads(base_file.read_text()) if base_file.is_file() else None
     if (base is None or base.get("dev_sha") != dev_sha) and not args.only_analyse:
-        loaded = load_model_and_tokenizer(args.model, device="cpu")
+        loaded = load_model_and_tokenizer(args.model, device=args.device)
         trunc = {"train": truncation(data["train"], loaded[1], args.max_length),
                  "dev": truncation(data["dev"], loaded[1], args.max_length)}
         log.info("max_length %d: %s", args.max_length, trunc)
@@ -550,7 +551,7 @@ def main(argv=None) -> int:
         train_lora(args.model, data["train"], folder, indices=None if sub is None else sub["indices"],
                    weights=None if sub is None else sub["weights"], weighting=j["weighting"], epochs=j["epochs"],
                    lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, lora=lora, seed=j["seed"],
-                   device="cpu", overwrite=True, progress=True, **text)
+                   device=args.device, overwrite=True, progress=True, **text)
         return {**evaluate_into(work / "eval" / j["train_key"], folder / "adapter"),
                 "train_seconds": read_train_manifest(folder).get("train_seconds")}
 
@@ -578,7 +579,7 @@ def main(argv=None) -> int:
                      twin["label"], twin["ratio"])
         else:
             if loaded is None:
-                loaded = load_model_and_tokenizer(args.model, device="cpu")
+                loaded = load_model_and_tokenizer(args.model, device=args.device)
             ev = train_and_score(j, sub)
         record = {"label": j["label"], "ratio": j["ratio"], "seed": j["seed"], "weighting": j["weighting"],
                   "epochs": j["epochs"], "k": None if sub is None else len(sub["indices"]),
@@ -597,7 +598,7 @@ def main(argv=None) -> int:
     if not any(r["label"] == "random" for r in runs) or base is None:
         log.info("not enough runs for a table yet (%d of %d)", len(runs), len(todo))
         return 0
-    result = {"dataset": args.dataset, "model": args.model, "args": {k: str(v) for k, v in vars(args).items()},
+    result = {"dataset": args.dataset, "model": args.model, "device": args.device, "args": {k: str(v) for k, v in vars(args).items()},
               "n": selections["n"], "truncation": base.get("truncation"), "runs_done": len(runs),
               "runs_total": len(todo), "missing": missing,
               "analysis": analyse(runs, base, data["dev_tasks"], n_boot=args.n_boot, seed=args.seed),
