@@ -25,7 +25,8 @@ Every stage resumes: warm-up and features through their manifests, and each trai
 arm through its small result file under ``bench/results/quality/<tag>/runs`` (kept in git, so a
 later sitting, even on a fresh clone, only computes what is missing). ``--budget_minutes`` stops
 starting new trainings after that long and analyses what exists; the jobs run in order of
-importance (random seeds, the default MINT rule and the full data first).
+importance (two random seeds, the default MINT rule, CRAIG, pt, two more random seeds and the
+full data first, at the decision ratio).
 
     .venv/bin/python bench/quality.py --dataset ni_mix                 # the recorded run (hours on a 2-core CPU)
     .venv/bin/python bench/quality.py --dataset alpaca_gpt4
@@ -195,13 +196,17 @@ def jobs(args, subsets: list[dict], n: int) -> list[dict]:
 
     for ratio in sorted(args.ratios, key=lambda r: (r != args.decision_ratio, r)):
         rs = args.random_seeds
-        for s in rs[:4]:
+        for s in rs[:2]:
             job("random", ratio, by[("random", ratio, s)], weighting="none")
         job(default, ratio, by[(default, ratio, None)])
+        for label in ("craig", "pt"):  # the two one-constraint rivals before the costly full-data run
+            job(label, ratio, by[(label, ratio, None)])
+        for s in rs[2:4]:
+            job("random", ratio, by[("random", ratio, s)], weighting="none")
         if ratio == args.decision_ratio:
             for seed in args.full_seeds[:1]:
                 job("full", 1.0, None, weighting="none", seed=seed, epochs=args.full_epochs)
-        for label in ("pt", "ifl", "craig", "craig/unweighted") + tuple(f"mint/{m}" for m in args.alpha_methods[1:]):
+        for label in ("ifl", "craig/unweighted") + tuple(f"mint/{m}" for m in args.alpha_methods[1:]):
             job(label, ratio, by[(label, ratio, None)], weighting="none" if label.endswith("unweighted") else "loss")
         for s in args.stratified_seeds:
             if ("stratified", ratio, s) in by:
