@@ -31,7 +31,8 @@ BLAS, whose rounding may differ between machines) and compare.
 `--partition_quality` runs the exact engine (automatic alpha) and the partitioned one (the same
 alpha) on the same features and compares them on the exact objective: the facility-location
 value `F(T) = sum_i max_j S(i, j)` with `S = max(D) - D` over all N rows, `E_PT` and `E_IFL` over
-all N rows (not the within-part upper bounds), and the overlap of the subsets.
+all N rows (not the within-part upper bounds), and the overlap of the subsets; then the same for
+k-means parts and for random parts with GreeDi's second round (`second_round=True`).
 """
 from __future__ import annotations
 
@@ -197,6 +198,11 @@ def run_partition_quality(n: int, d: int, seed: int, n_jobs: int | None, partiti
                         strategy="partitioned", partition_size=partition_size, partition="kmeans")
     out["kmeans_s"], out["kmeans_strategy"] = round(time.perf_counter() - t, 1), km.settings["distance_strategy"]
     out["per_ratio_kmeans"] = _compare(feats, exact, km, n)
+    t = time.perf_counter()  # random parts with GreeDi's second round
+    gr = select_coreset(feats, ratios=RATIOS, alpha=exact.alpha, seed=seed, n_jobs=n_jobs, progress=False,
+                        strategy="partitioned", partition_size=partition_size, second_round=True)
+    out["greedi_s"], out["greedi_strategy"] = round(time.perf_counter() - t, 1), gr.settings["distance_strategy"]
+    out["per_ratio_greedi"] = _compare(feats, exact, gr, n)
     return out
 
 

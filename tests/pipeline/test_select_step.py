@@ -193,6 +193,21 @@ def test_partitioned_selection_resumes_at_the_part_where_it_stopped(npy_dir, tmp
     assert again.order.tobytes() == whole.order.tobytes()
 
 
+def test_second_round_from_the_command_line_is_recorded_in_the_run_key(npy_dir, tmp_path):
+    import json
+
+    assert _select(npy_dir, tmp_path / "one", "--alpha", "0.8", "--strategy", "partitioned", "--partition_size",
+                   "20") == 0
+    assert _select(npy_dir, tmp_path / "two", "--alpha", "0.8", "--strategy", "partitioned", "--partition_size",
+                   "20", "--second_round") == 0
+    one, two = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+    assert one["distance_strategy"] == "partitioned (4 parts)"
+    assert two["distance_strategy"] == "partitioned (4 parts, GreeDi second round)"
+    runs = {d: json.loads((tmp_path / d / "run.json").read_text()) for d in ("one", "two")}
+    assert "second_round" not in runs["one"]["settings"] and runs["two"]["settings"]["second_round"] is True
+    assert runs["one"]["run_key"] != runs["two"]["run_key"]
+
+
 @pytest.mark.slow
 def test_two_rank_torchrun_partitioned_selection_equals_one_process(npy_dir, tmp_path):
     """Under torchrun the parts are spread over the ranks (shared through select/parts/) and

@@ -12,7 +12,8 @@ from mint.errors import MintError
 from mint.selection import engine as engine_mod
 from mint.selection.alpha import alpha_similarity, evaluate_alpha
 from mint.selection.distances import DistanceColumns, pairwise_distances, prefix_min_sums
-from mint.selection.facility import lazy_greedy, naive_greedy, prefix_weights, row_gains, similarity_from_distance
+from mint.selection.facility import (lazy_greedy, naive_greedy, nearest_weights, prefix_weights, row_gains,
+                                    similarity_from_distance)
 
 pytest.importorskip("numba", reason="numba is a dependency of mint (pip install numba); the compiled engine needs it")
 
@@ -79,6 +80,31 @@ def test_compiled_lazy_on_long_rows_and_identical_rows():
 def test_compiled_lazy_reads_columns_of_a_nonsymmetric_matrix():
     S = np.random.default_rng(5).random((40, 40))
     assert lazy_greedy(S, 15, engine="numba")[0].tolist() == naive_greedy(S, 15)[0].tolist()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rectangular_lazy_equals_naive(seed):
+    # N examples x M candidates (the second round of a partitioned selection), given as C.T of a
+    # candidate-major C: both engines equal naive greedy, and the weights equal the plain argmax
+    rng = np.random.default_rng(seed)
+    n, m = int(rng.integers(2, 900)), int(rng.integers(1, 300))
+    dtype = np.float64 if seed % 2 else np.float32
+    C = rng.random((m, n))
+    if seed % 3 == 1:
+        C = np.round(C, 1)  # exact ties
+    if seed % 3 == 2:
+        C[rng.integers(0, m, m // 2)] = C[0]  # duplicated candidates
+    C = np.ascontiguousarray(C.astype(dtype))
+    k = int(rng.integers(1, m + 1))
+    o_naive, g_naive = naive_greedy(C.T, k)
+    ks = sorted({1, k, max(1, k // 2)})
+    for engine in ("numba", "numpy"):
+        o, g = lazy_greedy(C.T, k, nonnegative=True, engine=engine)
+        assert o.tobytes() == o_naive.tobytes() and g.tobytes() == g_naive.tobytes()
+        w = prefix_weights(C.T, o, ks, engine=engine)
+        assert all(np.array_equal(w[j], nearest_weights(C.T, o[:j])) and w[j].sum() == n for j in ks)
+    with pytest.raises(ValueError, match="square"):
+        lazy_greedy(C.T, 1, symmetric=True)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -187,3 +187,80 @@ def test_kmeans_partitioned_selection_is_well_formed_and_checked():
     assert two.order.tobytes() == res.order.tobytes()
     with pytest.raises(MintError, match="partition 'tree' is not one of random, kmeans"):
         select_coreset(feats, strategy="partitioned", partition="tree", **KW)
+
+
+# ----------------------------------------------------------------------------- second round (GreeDi)
+
+
+def _plain_second_round(feats, candidates, alpha, k, ks):
+    """The reference: distances from every row to each candidate in float64, naive greedy on
+    `max(D) - D`, weights by argmax, errors as the minimum distance sums."""
+    from mint.selection.facility import naive_greedy, nearest_weights
+
+    def dist(X):
+        X = X.astype(np.float64)
+        d = np.sqrt(np.maximum(((X[:, None, :] - X[None, candidates, :]) ** 2).sum(-1), 0))
+        d[candidates, np.arange(len(candidates))] = 0
+        return d
+
+    d_pt, d_ifl = dist(feats["pt"]), dist(feats["ifl"])
+    D = d_pt / alpha + d_ifl / (1 - alpha)
+    order, _ = naive_greedy(D.max() - D, k)
+    picked = candidates[order]
+    w = {m: nearest_weights(D.max() - D, order[:m]) for m in ks}
+    e = {m: (d_pt[:, order[:m]].min(axis=1).sum(), d_ifl[:, order[:m]].min(axis=1).sum()) for m in ks}
+    return picked, w, e
+
+
+def test_second_round_equals_a_plain_greedy_over_the_parts_picks():
+    from mint.selection.partition import GREEDI_OVERSAMPLE
+
+    feats = {k: X.astype(np.float64) for k, X in _features(n=240, d=8).items()}
+    kw = dict(strategy="partitioned", partition_size=80, alpha=0.7, dtype="float64", **{**KW, "ratios": [0.05, 0.1]})
+    one = select_coreset(feats, **kw)  # round one alone, at twice the budget: the candidates
+    assert one.settings["distance_strategy"] == "partitioned (3 parts)"
+    two = select_coreset(feats, second_round=True, **kw)
+    assert two.settings["distance_strategy"] == "partitioned (3 parts, GreeDi second round)"
+    wide = select_coreset(feats, **{**kw, "ratios": [GREEDI_OVERSAMPLE * 0.1]})
+    candidates = np.sort(wide.order)
+    ks = [len(two.subsets[r].indices) for r in (0.05, 0.1)]
+    picked, w, e = _plain_second_round(feats, candidates, 0.7, ks[-1], ks)
+    assert np.array_equal(two.order, picked)
+    for r, m in zip((0.05, 0.1), ks):
+        sub = two.subsets[r]
+        assert np.array_equal(sub.indices, picked[:m]) and np.array_equal(sub.weights, w[m])
+        assert sub.weights.sum() == 240
+        assert np.allclose((sub.e_pt, sub.e_ifl), e[m], rtol=1e-9)  # the exact errors over all rows
+
+
+def test_second_round_is_nested_closer_to_exact_and_worker_independent():
+    feats = _features(n=900)
+    exact = select_coreset(feats, strategy="exact", **KW)
+    kw = dict(strategy="partitioned", partition_size=300, second_round=True, **KW)
+    two = select_coreset(feats, **kw)
+    first = select_coreset(feats, strategy="partitioned", partition_size=300, **KW)
+    _same(two, select_coreset(feats, **{**kw, "n_jobs": 2}))
+    d_pt = pairwise_distances(feats["pt"], dtype=np.float64)
+    d_ifl = pairwise_distances(feats["ifl"], dtype=np.float64)
+    S = similarity_from_distance(d_pt / two.alpha + d_ifl / (1 - two.alpha))
+    prev = None
+    for r in KW["ratios"]:
+        sub = two.subsets[r]
+        assert sub.weights.sum() == 900 and len(set(sub.indices.tolist())) == len(sub.indices)
+        if prev is not None:
+            assert np.array_equal(sub.indices[: len(prev)], prev)
+        prev = sub.indices
+        assert sub.e_pt == pytest.approx(d_pt[:, sub.indices].min(axis=1).sum(), rel=1e-5)
+        f = [facility_value(S, x.subsets[r].indices) for x in (exact, first, two)]
+        assert f[2] > f[1] and f[2] >= 0.99 * f[0]
+
+
+def test_second_round_with_one_part_is_exact_and_refused_when_too_large():
+    feats = _features(n=300)
+    _same(select_coreset(feats, strategy="exact", **KW),
+          select_coreset(feats, strategy="partitioned", partition_size=300, second_round=True, **KW))
+    with pytest.raises(MintError, match=r"second round \(GreeDi\) needs about 2.8 MiB .one 300 x 120 matrix.* limit is 1.0 MiB; turn it off .*second_round: false"):
+        select_coreset(feats, strategy="partitioned", partition_size=100, second_round=True, alpha=0.7,
+                       memory_limit_bytes=1_000_000, **KW)
+    with pytest.raises(MintError, match="second_round must be true or false"):
+        select_coreset(feats, second_round="yes", **KW)

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             ("selection.coef", "--coef"), ("selection.alpha_method", "--alpha_method"),
             ("selection.preheat_ratio", "--preheat_ratio"), ("selection.preheat_max", "--preheat_max"),
             ("selection.strategy", "--strategy"), ("selection.partition_size", "--partition_size"),
-            ("selection.partition", "--partition"), "seed",
+            ("selection.partition", "--partition"), ("selection.second_round", "--second_round"), "seed",
             ("data.train", "--data")],
         overrides={"selection.coef": {"nargs": 3, "metavar": ("C_SFT", "C_PT", "C_IFL")},
                    "data.train": {"metavar": "FILE", "help": "the data file the features came from: also write the "

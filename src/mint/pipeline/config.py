@@ -154,6 +154,8 @@ class SelectionConfig:
     partition: str = _f("random", "how the partitioned selection splits the rows: random (seeded) | kmeans "
                                   "(k-means on the features, clusters cut to partition_size)",
                         choices=choices.SELECTION_PARTITIONS)
+    second_round: bool = _f(False, "partitioned selection: a second greedy round (GreeDi) over the parts' picks "
+                                   "against every row, with global weights and errors (one N x 2k matrix)")
 
 
 @dataclass

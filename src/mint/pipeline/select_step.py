@@ -187,6 +187,7 @@ def run_selection(
     strategy: str = "auto",
     partition_size: int = 20_000,
     partition: str = "random",
+    second_round: bool = False,
     seed: int = 0,
     data=None,
     overwrite: bool = False,
@@ -232,6 +233,8 @@ def run_selection(
     }
     if partition != "random":  # recorded only when set, so earlier runs keep their run key
         settings["partition"] = partition
+    if second_round:
+        settings["second_round"] = True
     run_key = hashlib.sha256(json.dumps({"settings": settings, "inputs": inputs, "data": data_prov},
                                         sort_keys=True).encode()).hexdigest()
     rank, world, dist = process_group()  # under torchrun the parts are spread over the ranks; rank 0 writes
@@ -247,7 +250,7 @@ def run_selection(
         plateau_min_alpha=plateau_min_alpha,
         golden_tol=golden_tol, golden_max_iter=golden_max_iter, memory_limit_bytes=limit,
         cache_distances=cache_distances, strategy=strategy, partition_size=partition_size, partition=partition,
-        preheat_max=preheat_max,
+        second_round=second_round, preheat_max=preheat_max,
         part_cache=PartFolder(out / PARTS_DIR, rank=rank, world=world, dist=dist), progress=progress and rank == 0,
     )
     if rank == 0:

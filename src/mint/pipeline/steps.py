@@ -101,7 +101,7 @@ def select_call(cfg: RunConfig, features_dir: Path, folder: Path, data_path: Pat
     return run_selection(features_dir, folder, ratios=s.ratios, method=s.method, alpha=s.alpha,
                          alpha_method=s.alpha_method, coef=s.coef, preheat_ratio=s.preheat_ratio,
                          preheat_max=s.preheat_max, strategy=s.strategy, partition_size=s.partition_size,
-                         partition=s.partition,
+                         partition=s.partition, second_round=s.second_round,
                          seed=cfg.seed, data=data_path, **options)
 
 
@@ -265,9 +265,11 @@ def select(ctx: Context) -> None:
         result = select_call(cfg, ctx.run.abs(grads_info.outputs["dir"]), folder, ctx.train_path, overwrite=True)
         return {"dir": ctx.run.rel(folder), "alpha": result.alpha}
 
-    # partition joins the key only when set, so runs made before the setting existed stay up to date;
-    # every rank: run_selection spreads the parts of a partitioned selection over them (rank 0 writes)
-    selection = {k: v for k, v in asdict(cfg.selection).items() if not (k == "partition" and v == "random")}
+    # partition and second_round join the key only when set, so runs made before these settings
+    # existed stay up to date; every rank: run_selection spreads the parts of a partitioned
+    # selection over them (rank 0 writes)
+    unset = {"partition": "random", "second_round": False}
+    selection = {k: v for k, v in asdict(cfg.selection).items() if not (k in unset and v == unset[k])}
     info = ctx.run.step("select", {"grads": grads_info.key, "selection": selection, "seed": cfg.seed}, do,
                         every_rank=True)
     ctx.infos["select"] = info

@@ -216,20 +216,21 @@ def _sift_down(bound, index, step, pos, size):
 def lazy_greedy(C, k, chunk):
     """Lazy greedy on the candidate-major matrix C (row j = candidate j's similarities), k <= n
     steps. The heap holds (bound, index, step evaluated); the top is re-evaluated in place until
-    it was evaluated in this step, and is then the step's pick. Returns (order, gains)."""
-    n = C.shape[0]
+    it was evaluated in this step, and is then the step's pick. C may be rectangular (m candidates
+    x n examples, k <= m). Returns (order, gains)."""
+    m, n = C.shape
     cur = np.zeros(n, C.dtype)
     plan = _plan(n, chunk)
-    bound = np.empty(n, np.float64)
-    index = np.arange(n)
-    step = np.zeros(n, np.int64)
-    for j in range(n):
+    bound = np.empty(m, np.float64)
+    index = np.arange(m)
+    step = np.zeros(m, np.int64)
+    for j in range(m):
         bound[j] = _gain(C[j], cur, plan)
-    for pos in range(n // 2 - 1, -1, -1):
-        _sift_down(bound, index, step, pos, n)
+    for pos in range(m // 2 - 1, -1, -1):
+        _sift_down(bound, index, step, pos, m)
     order = np.empty(k, np.int64)
     gains = np.empty(k, np.float64)
-    size = n
+    size = m
     for t in range(k):
         while step[0] != t:
             bound[0] = _gain(C[index[0]], cur, plan)
@@ -250,8 +251,8 @@ def lazy_greedy(C, k, chunk):
 def prefix_counts(C, order, targets):
     """`facility.prefix_weights`: row t of the result holds, for targets[t] (increasing), how
     many of the n examples have each of order[:targets[t]] as their most similar selected element
-    (strictly more similar than every earlier pick)."""
-    n = C.shape[0]
+    (strictly more similar than every earlier pick). C: candidates x n examples."""
+    n = C.shape[1]
     best = np.full(n, -np.inf)
     owner = np.zeros(n, np.int64)
     out = np.zeros((targets.shape[0], targets[-1]), np.float64)

@@ -344,6 +344,7 @@ def select_coreset(
     strategy: str = "auto",
     partition_size: int = DEFAULT_PARTITION_SIZE,
     partition: str = "random",
+    second_round: bool = False,
     preheat_max: int = 10_000,  # the pre-sample's cap: alpha from at most 10,000 rows at any N
     part_cache=None,
     engine: str = "auto",
@@ -369,6 +370,9 @@ def select_coreset(
       a limit, while N <= partition_size).
     partition: random (seeded) | kmeans parts (k-means on the features of the combined distance,
       clusters cut to at most `partition_size` rows; `mint.selection.partition.kmeans_parts`).
+    second_round: for a partitioned selection, a second greedy round (GreeDi) over the union of
+      the parts' picks against all N rows, with global weights and errors
+      (`mint.selection.partition`); refused when its N x |U| matrix exceeds the memory limit.
     preheat_max: the automatic alpha's pre-sample has min(round(preheat_ratio * N), preheat_max) rows.
     part_cache: for a partitioned selection, an object with `get(part, fingerprint)` and
       `put(part, fingerprint, result)` that keeps finished parts (the caller's storage; see
@@ -386,6 +390,8 @@ def select_coreset(
     if partition not in SELECTION_PARTITIONS:
         raise MintError(f"partition {partition!r} is not one of {', '.join(SELECTION_PARTITIONS)}; use random (the "
                         "default) or kmeans")
+    if not isinstance(second_round, (bool, np.bool_)):
+        raise MintError(f"second_round must be true or false, got {second_round!r}")
     if n_jobs is not None:
         check_count(n_jobs, "n_jobs", 1, "the number of worker processes (None: every available core)")
     partition_size = check_count(partition_size, "partition_size", 2, "a part must hold at least 2 rows")
@@ -416,8 +422,10 @@ def select_coreset(
             order, gains, weights, errors, n_parts = select_partitioned(
                 features, plan, chosen_alpha, combo, partition_size=partition_size, run_exact=run,
                 n_jobs=est["partitioned"]["workers"], compute_errors=compute_errors, block=block, progress=progress,
-                part_cache=part_cache, partition=partition)
+                part_cache=part_cache, partition=partition, second_round=second_round, memory_limit_bytes=limit)
             used = f"partitioned ({n_parts} parts)" if partition == "random" else f"partitioned ({n_parts} k-means parts)"
+            if second_round and n_parts > 1:
+                used = used[:-1] + ", GreeDi second round)"
     result = _result(plan, order=order, gains=gains, weights=weights, errors=errors, alpha=chosen_alpha, curve=curve,
                      strategy=used)
     _log_stage("total", t0)

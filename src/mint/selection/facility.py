@@ -14,7 +14,9 @@ exactly the naive order:
 Matrices are indexed `S[i, j]` = similarity of example i to candidate j. The greedy reads
 candidate j's column as a row, so it works on `C = S.T`; pass `symmetric=True` when S is
 symmetric (all matrices built by `mint.selection.distances` are) to skip that copy. Every index,
-element 0 included, is an ordinary candidate.
+element 0 included, is an ordinary candidate. S may be rectangular (N examples x M candidates,
+the second round of `mint.selection.partition`); pass it as `C.T` of a C-contiguous
+candidate-major C and no copy is made.
 
 `engine`: `lazy_greedy` and `prefix_weights` run as compiled kernels (`mint.selection.engine`,
 numba) or in numpy, with the same bytes; `naive_greedy` and `row_gains` stay numpy, the reference.
@@ -79,8 +81,8 @@ def _candidate_major(S: np.ndarray, symmetric: bool) -> np.ndarray:
     S = np.asarray(S)
     if S.dtype.kind != "f":
         S = S.astype(np.float64)
-    if S.ndim != 2 or S.shape[0] != S.shape[1]:
-        raise ValueError(f"similarity must be a square matrix, got shape {S.shape}")
+    if S.ndim != 2 or (symmetric and S.shape[0] != S.shape[1]):
+        raise ValueError(f"similarity must be a {'square ' if symmetric else ''}matrix, got shape {S.shape}")
     return S if symmetric else np.ascontiguousarray(S.T)
 
 
@@ -88,13 +90,13 @@ def naive_greedy(S: np.ndarray, k: int, *, symmetric: bool = False) -> tuple[np.
     """Plain greedy, the reference: evaluate every remaining candidate at every step.
     Returns (order int64 (k,), gains float64 (k,))."""
     C = _candidate_major(S, symmetric)
-    n = C.shape[0]
-    k = int(min(k, n))
+    m, n = C.shape  # candidates, examples
+    k = int(min(k, m))
     cur = np.zeros(n, dtype=C.dtype)
-    chosen = np.zeros(n, dtype=bool)
+    chosen = np.zeros(m, dtype=bool)
     order = np.empty(k, dtype=np.int64)
     gains = np.empty(k, dtype=np.float64)
-    everyone = np.arange(n)
+    everyone = np.arange(m)
     for t in range(k):
         g = row_gains(C, everyone, cur)
         g[chosen] = -np.inf
@@ -108,11 +110,11 @@ def naive_greedy(S: np.ndarray, k: int, *, symmetric: bool = False) -> tuple[np.
 def _first_gains(C: np.ndarray, nonnegative: bool) -> np.ndarray:
     """Gains with nothing selected. For S >= 0 every term max(c, 0) - 0 is c itself, so the
     plain row sums are bitwise what `row_gains` returns, without its gather and two passes."""
-    n = C.shape[0]
+    m, n = C.shape
     if not nonnegative:
-        return row_gains(C, np.arange(n), np.zeros(n, dtype=C.dtype))
+        return row_gains(C, np.arange(m), np.zeros(n, dtype=C.dtype))
     step = max(1, _CHUNK_ELEMS // max(n, 1))
-    return np.concatenate([C[s : s + step].sum(axis=1, dtype=np.float64) for s in range(0, n, step)])
+    return np.concatenate([C[s : s + step].sum(axis=1, dtype=np.float64) for s in range(0, m, step)])
 
 
 def _compiled(C: np.ndarray, engine: str) -> bool:
@@ -134,8 +136,8 @@ def lazy_greedy(
     The compiled engine pops one candidate at a time (a pop costs no Python step there) and
     ignores `max_batch`; it returns the same order and gains."""
     C = _candidate_major(S, symmetric)
-    n = C.shape[0]
-    k = int(min(k, n))
+    m, n = C.shape  # candidates, examples
+    k = int(min(k, m))
     order = np.empty(k, dtype=np.int64)
     gains = np.empty(k, dtype=np.float64)
     if k == 0:
@@ -168,7 +170,7 @@ def prefix_weights(S: np.ndarray, order: np.ndarray, ks, *, symmetric: bool = Fa
     as their most similar selected element (ties to the earlier-selected one), so the weights sum
     to N. One pass over the order, O(max(ks) * N)."""
     C = _candidate_major(S, symmetric)
-    n = C.shape[0]
+    n = C.shape[1]  # examples
     ks = sorted(set(int(k) for k in ks))
     out: dict[int, np.ndarray] = {}
     if not ks:

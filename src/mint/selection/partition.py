@@ -19,6 +19,15 @@ sends its rows to the nearest selected element overall, computed block by block 
 
 With one part (N <= partition_size) the rows keep their order and the result is the exact
 engine's, bit for bit.
+
+Second round (GreeDi, Mirzasoleiman et al. 2013; `second_round=True`). Each part picks up to
+twice its budget at the largest subset size (`GREEDI_OVERSAMPLE`, at most its rows), and the
+exact lazy greedy runs again with the union U of those picks as its candidates and every one of
+the N rows as its ground set: the exact objective restricted to U, on one N x |U| matrix
+(`S = max(D) - D`, the maximum taken over that matrix, D exactly 0 from a row to itself). Its one
+greedy order gives every subset size (nested); weights go to each row's nearest selected element
+*over all N rows* (combined distance, ties to the earlier pick) and E_PT / E_IFL are the exact
+errors over all N. Memory: N x |U| similarities, refused with the numbers when over the limit.
 """
 from __future__ import annotations
 
@@ -26,19 +35,24 @@ import heapq
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from mint.errors import MintError
-from mint.selection.distances import DEFAULT_BLOCK, Combination, cross_distances
+from mint.selection.distances import DEFAULT_BLOCK, Combination, DistanceColumns, cross_distances, prefix_min_sums
+from mint.selection.facility import lazy_greedy, prefix_weights, similarity_from_distance
 from mint.selection.engine import resolve_engine, warm_up
 from mint.selection.workers import in_workers
 
-__all__ = ["DEFAULT_PARTITION_SIZE", "split_parts", "kmeans_parts", "seat_order", "PartResult", "part_fingerprint", "select_partitioned"]
+__all__ = ["DEFAULT_PARTITION_SIZE", "GREEDI_OVERSAMPLE", "second_round_bytes", "split_parts", "kmeans_parts", "seat_order", "PartResult", "part_fingerprint", "select_partitioned"]
 
 logger = logging.getLogger(__name__)
+
+# The second round's candidates: each part's first picks, up to this many times its budget.
+GREEDI_OVERSAMPLE = 2
 
 # Rows per part: a 20,000 x 20,000 float32 similarity is 1.6 GB, a few seconds of BLAS per kind
 # at D = 1,024, and large enough that a part's picks cover its clusters well.
@@ -254,10 +268,12 @@ def _nearest_overall(features, rows: np.ndarray, selected: np.ndarray, combinati
 def select_partitioned(features: Mapping[str, Any], plan, alpha: float | None, combination: Combination, *,
                        partition_size: int, run_exact: Callable, n_jobs: int, compute_errors: bool,
                        block: int = DEFAULT_BLOCK, progress: bool = True, part_cache=None,
-                       partition: str = "random"):
+                       partition: str = "random", second_round: bool = False,
+                       memory_limit_bytes: int | None = None):
     """(order, gains, weights {k: ...}, errors {kind: {k: ...}}, n_parts) for the subset sizes of
     `plan`. partition: random (`split_parts`) or kmeans (`kmeans_parts`, on the combined distance's
-    features)."""
+    features). second_round: GreeDi over the union of the parts' picks (the module docstring);
+    refused when its N x |U| matrix would exceed `memory_limit_bytes`."""
     if partition == "kmeans":
         parts = kmeans_parts(features, combination, plan.n, partition_size, plan.seed)
     else:
@@ -267,10 +283,25 @@ def select_partitioned(features: Mapping[str, Any], plan, alpha: float | None, c
     # per part, its budget at every subset size: the seats among the first k
     budgets = {k: np.bincount(seats[:k], minlength=len(parts)) for k in sizes}
     counts = [sorted({int(budgets[k][p]) for k in sizes} - {0}) for p in range(len(parts))]
-    logger.info("partitioned selection: %d parts of about %d rows, %d worker(s)", len(parts),
-                round(plan.n / len(parts)), max(1, min(n_jobs, len(parts))))
+    if second_round and len(parts) == 1:
+        logger.info("partitioned selection: one part, which is the exact selection; no second round")
+        second_round = False
+    if second_round:
+        top = budgets[plan.k_max]
+        counts = [[int(min(len(parts[p]), GREEDI_OVERSAMPLE * top[p]))] if top[p] else [] for p in range(len(parts))]
+        need = second_round_bytes(plan.n, sum(c[0] for c in counts if c), plan.dtype.itemsize, block)
+        _check_second_round(need, memory_limit_bytes, plan.n, sum(c[0] for c in counts if c))
+    logger.info("partitioned selection: %d parts of about %d rows, %d worker(s)%s", len(parts),
+                round(plan.n / len(parts)), max(1, min(n_jobs, len(parts))),
+                ", then a second round (GreeDi)" if second_round else "")
     results = _run_parts(features, parts, counts, plan=plan, alpha=alpha, run_exact=run_exact,
-                         compute_errors=compute_errors, n_jobs=n_jobs, progress=progress, part_cache=part_cache)
+                         compute_errors=compute_errors and not second_round, n_jobs=n_jobs, progress=progress,
+                         part_cache=part_cache)
+    if second_round:
+        union = np.sort(np.concatenate([results[p].order for p in results]))
+        order, gains, weights, errors = second_round_select(features, union, plan, combination, block=block,
+                                                            compute_errors=compute_errors)
+        return order, gains, weights, errors, len(parts)
     taken = np.zeros(len(parts), dtype=np.int64)
     order = np.empty(plan.k_max, dtype=np.int64)
     gains = np.empty(plan.k_max, dtype=np.float64)
@@ -305,3 +336,69 @@ def _assemble(features, parts, results, seats, position, order, budget, combinat
             for kind, value in sums.items():
                 errs[kind] = errs.get(kind, 0.0) + value
     return w, (errs if compute_errors else {})
+
+
+# ----------------------------------------------------------------------------- second round (GreeDi)
+
+
+def second_round_bytes(n: int, n_candidates: int, itemsize: int, block: int = DEFAULT_BLOCK) -> int:
+    """Peak bytes of the second round beyond the features: the N x |U| similarity matrix, the
+    per-kind distance blocks that build it, and the error pass's N x block columns."""
+    return n * n_candidates * itemsize + 4 * min(block, n) * n_candidates * 8 + 2 * n * min(block, n) * 8 + 64 * n * 8
+
+
+def _size(b: int) -> str:
+    return f"{b / (1 << 30):.1f} GiB" if b >= 1 << 28 else f"{b / (1 << 20):.1f} MiB"
+
+
+def _check_second_round(need: int, limit: int | None, n: int, n_candidates: int) -> None:
+    logger.info("second round: %d candidates over %d rows, about %s", n_candidates, n, _size(need))
+    if limit is not None and need > limit:
+        raise MintError(
+            f"the second round (GreeDi) needs about {_size(need)} (one {n} x {n_candidates} matrix: every row "
+            f"against the parts' {n_candidates} picks) but the limit is {_size(limit)}; turn it off "
+            "(`selection.second_round: false`, `mint select` without `--second_round`), select smaller ratios, or "
+            "raise the limit with `--max_memory_gb` if you know better")
+
+
+def second_round_similarity(features: Mapping[str, Any], candidates: np.ndarray, combination: Combination, *,
+                            dtype, block: int = DEFAULT_BLOCK) -> np.ndarray:
+    """Candidate-major `C[c, i] = max(D) - D(i, candidates[c])` over all N rows i (combined
+    distance, exactly 0 from a row to itself), built `block` rows at a time. (|U|, N), C-contiguous."""
+    n = next(features[k] for k in combination.kinds).shape[0]
+    cols = {k: np.asarray(features[k][candidates], dtype=dtype) for k in combination.kinds}
+    C = np.empty((len(candidates), n), dtype=dtype)
+    for s in range(0, n, block):
+        e = min(s + block, n)
+        d = {k: cross_distances(Y, np.asarray(features[k][s:e]), dtype=dtype, block=block) for k, Y in cols.items()}
+        inside = np.flatnonzero((candidates >= s) & (candidates < e))
+        for blk in d.values():
+            blk[inside, candidates[inside] - s] = 0
+        combination.apply(d, out=C[:, s:e])
+    return similarity_from_distance(C, out=C)
+
+
+def second_round_select(features: Mapping[str, Any], candidates: np.ndarray, plan, combination: Combination, *,
+                        block: int = DEFAULT_BLOCK, compute_errors: bool = True):
+    """The exact lazy greedy with `candidates` (sorted global rows) as its only candidates and all
+    N rows as the ground set: (order (global rows), gains, weights {k}, errors {kind: {k}})."""
+    candidates = np.asarray(candidates, dtype=np.int64)
+    if len(candidates) < plan.k_max:
+        raise MintError(f"the second round has {len(candidates)} candidates for a subset of {plan.k_max}")
+    t0 = time.perf_counter()
+    C = second_round_similarity(features, candidates, combination, dtype=plan.dtype, block=block)
+    t1 = time.perf_counter()
+    pos, gains = lazy_greedy(C.T, plan.k_max, nonnegative=True, engine=plan.engine)
+    weights = prefix_weights(C.T, pos, plan.sizes, engine=plan.engine)
+    del C
+    t2 = time.perf_counter()
+    order = candidates[pos]
+    errors = {}
+    if compute_errors:
+        for kind in ("pt", "ifl"):
+            if kind in features and features[kind] is not None:
+                source = DistanceColumns.from_features(features[kind], dtype=plan.dtype, block=block)
+                errors[kind] = prefix_min_sums(source, order, plan.sizes)
+    logger.info("second round: similarities %.1f s, greedy and weights %.1f s, errors on all rows %.1f s",
+                t1 - t0, t2 - t1, time.perf_counter() - t2)
+    return order, gains, weights, errors
