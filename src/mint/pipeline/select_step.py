@@ -17,6 +17,7 @@ from mint.model.distributed import barrier, process_group
 from mint.pipeline.coresets import coreset_file, save_coreset
 from mint.selection import alpha as alpha_mod
 from mint.selection.core import SelectionResult, select_coreset
+from mint.selection.facility import GAIN_SUM
 from mint.selection.validation import check_ratios, check_settings
 
 __all__ = ["run_selection", "load_feature_dir", "summary_text", "available_bytes"]
@@ -230,6 +231,7 @@ def run_selection(
         "ratios": ratio_list, "preheat_ratio": preheat_ratio, "preheat_max": preheat_max, "strategy": strategy,
         "partition_size": partition_size, "seed": seed, "dtype": str(np.dtype(dtype)),
         "plateau_min_alpha": plateau_min_alpha, "golden_tol": golden_tol, "golden_max_iter": golden_max_iter,
+        "gain_sum": GAIN_SUM,  # the gains' summation order: a new one may change selections on near-ties
     }
     if partition != "random":  # recorded only when set, so earlier runs keep their run key
         settings["partition"] = partition

@@ -6,12 +6,13 @@ compiled on first use for each dtype (`cache=True`: once per machine, then loade
 
 Same bytes as the numpy engine. Every float operation here is one the numpy engine does, in the
 same order:
-- a gain is `sum_i max(c_i, cur_i) - cur_i`, the terms in the matrix's dtype, summed in float64 by
-  numpy's own pairwise summation (blocks of 128 summed with 8 accumulators, larger
-  ranges split in two at a multiple of 8; `_plan`), which is what `ndarray.sum(dtype=float64)` does. When the
-  terms are float32 numpy casts them in buffers of `numpy.getbufsize()` elements (8,192) and adds
-  the pairwise sums of consecutive buffers left to right; float64 terms are summed in one range.
-  The caller passes that buffer length as `chunk` (0 for float64);
+- a gain is `sum_i max(c_i, cur_i) - cur_i`, the terms in the matrix's dtype, summed in float64 in
+  the fixed order of `facility.lane_sums` (32 lanes left to right, then a fixed tree; `_gain`);
+- E(T) is summed as numpy's `ndarray.sum(dtype=float64)` does: its own pairwise summation (blocks
+  of 128 summed with 8 accumulators, larger ranges split in two at a multiple of 8; `_plan`).
+  When the terms are float32 numpy casts them in buffers of `numpy.getbufsize()` elements (8,192)
+  and adds the pairwise sums of consecutive buffers left to right; float64 terms are summed in one
+  range. The caller passes that buffer length as `chunk` (0 for float64);
 - the heap pops `(largest bound, smallest index)` first, so ties go to the smaller index and the
   order is naive greedy's (the argument in `mint.selection.facility`);
 - `alpha_similarity` is `D = d_PT / a + d_IFL / (1 - a)` with the factors rounded to the matrix
@@ -173,20 +174,37 @@ def _planned_sum(plan):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _gain(row, cur, plan):
-    buf = plan[0]
-    for i in range(row.shape[0]):
-        buf[i] = np.float64(max(row[i], cur[i]) - cur[i])
-    return _planned_sum(plan)
+def _gain(row, cur, acc):
+    """`facility.lane_sums` of the terms `max(c_i, cur_i) - cur_i` (in the row's dtype, cast to
+    float64): 32 lanes summed left to right in `acc` (scratch of 32), then the fixed tree. The
+    inner loop over the 32 lanes is what the compiler turns into vector additions."""
+    n = row.shape[0]
+    full = n - n % 32
+    for lane in range(32):
+        acc[lane] = 0.0
+    for base in range(0, full, 32):
+        for lane in range(32):
+            acc[lane] += np.float64(max(row[base + lane], cur[base + lane]) - cur[base + lane])
+    for i in range(full, n):
+        acc[i - full] += np.float64(max(row[i], cur[i]) - cur[i])
+    r0 = ((acc[0] + acc[8]) + acc[16]) + acc[24]
+    r1 = ((acc[1] + acc[9]) + acc[17]) + acc[25]
+    r2 = ((acc[2] + acc[10]) + acc[18]) + acc[26]
+    r3 = ((acc[3] + acc[11]) + acc[19]) + acc[27]
+    r4 = ((acc[4] + acc[12]) + acc[20]) + acc[28]
+    r5 = ((acc[5] + acc[13]) + acc[21]) + acc[29]
+    r6 = ((acc[6] + acc[14]) + acc[22]) + acc[30]
+    r7 = ((acc[7] + acc[15]) + acc[23]) + acc[31]
+    return ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
 
 
 @nb.njit(cache=True, nogil=True)
-def row_gains(C, rows, cur, chunk):
+def row_gains(C, rows, cur):
     """`facility.row_gains`: the gain of each candidate in `rows` given the coverage `cur`."""
-    plan = _plan(C.shape[1], chunk)
+    acc = np.empty(32, np.float64)
     out = np.empty(rows.shape[0], np.float64)
     for r in range(rows.shape[0]):
-        out[r] = _gain(C[rows[r]], cur, plan)
+        out[r] = _gain(C[rows[r]], cur, acc)
     return out
 
 
@@ -213,19 +231,19 @@ def _sift_down(bound, index, step, pos, size):
 
 
 @nb.njit(cache=True, nogil=True)
-def lazy_greedy(C, k, chunk):
+def lazy_greedy(C, k):
     """Lazy greedy on the candidate-major matrix C (row j = candidate j's similarities), k <= n
     steps. The heap holds (bound, index, step evaluated); the top is re-evaluated in place until
     it was evaluated in this step, and is then the step's pick. C may be rectangular (m candidates
     x n examples, k <= m). Returns (order, gains)."""
     m, n = C.shape
     cur = np.zeros(n, C.dtype)
-    plan = _plan(n, chunk)
+    acc = np.empty(32, np.float64)
     bound = np.empty(m, np.float64)
     index = np.arange(m)
     step = np.zeros(m, np.int64)
     for j in range(m):
-        bound[j] = _gain(C[j], cur, plan)
+        bound[j] = _gain(C[j], cur, acc)
     for pos in range(m // 2 - 1, -1, -1):
         _sift_down(bound, index, step, pos, m)
     order = np.empty(k, np.int64)
@@ -233,7 +251,7 @@ def lazy_greedy(C, k, chunk):
     size = m
     for t in range(k):
         while step[0] != t:
-            bound[0] = _gain(C[index[0]], cur, plan)
+            bound[0] = _gain(C[index[0]], cur, acc)
             step[0] = t
             _sift_down(bound, index, step, 0, size)
         j = index[0]

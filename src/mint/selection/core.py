@@ -42,7 +42,7 @@ from mint.selection.distances import (
     prefix_min_sums,
 )
 from mint.selection.engine import check_engine
-from mint.selection.facility import lazy_greedy, prefix_weights, similarity_from_distance
+from mint.selection.facility import GAIN_SUM, lazy_greedy, prefix_weights, similarity_from_distance
 from mint.selection.memory import check_limit, check_memory, choose_strategy, estimate_memory, estimate_strategies
 from mint.selection.partition import DEFAULT_PARTITION_SIZE, select_partitioned
 from mint.selection.validation import check_count, check_features, check_ratios, check_settings, check_strategy
@@ -309,7 +309,7 @@ def _result(plan: _Plan, *, order, gains, weights, errors, alpha, curve, strateg
         "preheat_ratio": plan.preheat_ratio, "preheat_max": plan.preheat_max, "seed": plan.seed,
         "dtype": plan.dtype.name,
         "plateau_min_alpha": plan.plateau_min_alpha, "golden_tol": plan.golden_tol,
-        "golden_max_iter": plan.golden_max_iter, "distance_strategy": strategy,
+        "golden_max_iter": plan.golden_max_iter, "distance_strategy": strategy, "gain_sum": GAIN_SUM,
     }
     return SelectionResult(
         method=plan.method, alpha=alpha, alpha_method=alpha_method,

@@ -94,9 +94,9 @@ def warm_up(dtype) -> None:
 def _compile(k, dtype) -> None:
     """Run every kernel once on a tiny input of `dtype`, which compiles it (or loads it from numba's
     cache). With LLVM's SLP vectorizer on, which numba leaves off by default: it packs the 8
-    independent accumulators of numpy's pairwise sum into vector registers (about 2x faster
-    gains). It never reorders a floating-point operation, and tests/selection/test_compiled.py
-    checks the kernels against numpy bit for bit."""
+    independent accumulators of numpy's pairwise sum (E(T)) into vector registers. It never
+    reorders a floating-point operation, and tests/selection/test_compiled.py checks the kernels
+    against numpy bit for bit."""
     from numba.core import config
 
     slp = config.SLP_VECTORIZE
@@ -112,8 +112,8 @@ def _run_all(k, dtype) -> None:
     d = np.ascontiguousarray(d + d.T)
     S = np.empty_like(d)
     k.alpha_similarity(d, d, d.dtype.type(0.5), d.dtype.type(0.5), S)
-    order, _ = k.lazy_greedy(S, 2, sum_chunk(dtype))
+    order, _ = k.lazy_greedy(S, 2)
     targets = np.array([1, 2], dtype=np.int64)
     k.prefix_counts(S, order, targets)
     k.prefix_min_sums(d, order, targets, sum_chunk(dtype))
-    k.row_gains(S, order, np.zeros(4, dtype=dtype), sum_chunk(dtype))
+    k.row_gains(S, order, np.zeros(4, dtype=dtype))

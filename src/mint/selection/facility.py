@@ -6,7 +6,10 @@ exactly the naive order:
 
 - gains are accumulated in float64 by one function, `row_gains`, used by both optimisers;
   each candidate's gain is a sum over its own contiguous row, so it does not depend on which
-  other candidates are evaluated with it;
+  other candidates are evaluated with it. The summation order is fixed by `lane_sums` (32
+  lanes, each summed left to right, then combined as a fixed tree), the same in the numpy and
+  the compiled engine, and chosen because it vectorises (`GAIN_SUM`, recorded in every
+  selection's settings);
 - exact ties go to the smaller index (naive: `argmax`; lazy: heap entries `(-gain, index)`);
 - stale gains are upper bounds: coverage only grows and float rounding is monotone, so a
   re-evaluated gain is never larger than its stale value, even in floating point.
@@ -28,10 +31,12 @@ import logging
 
 import numpy as np
 
-from mint.selection.engine import kernels, resolve_engine, sum_chunk
+from mint.selection.engine import kernels, resolve_engine
 
 __all__ = [
     "similarity_from_distance",
+    "GAIN_SUM",
+    "lane_sums",
     "row_gains",
     "naive_greedy",
     "lazy_greedy",
@@ -57,9 +62,36 @@ def similarity_from_distance(D: np.ndarray, *, out: np.ndarray | None = None, to
     return out
 
 
+# The gain summation order (see `lane_sums`); a change of it changes selections on near-ties, so
+# it is versioned and recorded in each selection's settings (and so in `mint select`'s run key).
+GAIN_SUM = "lanes32"
+LANES = 32
+
+
+def lane_sums(T: np.ndarray) -> np.ndarray:
+    """Float64 sum of each row of T (m, n), in a fixed order that vectorises: value i goes to lane
+    i % 32, each lane is summed left to right (its first value plus the next, ...), and the 32
+    lane totals are combined as `r_j = ((a_j + a_{j+8}) + a_{j+16}) + a_{j+24}` for j < 8, then
+    `((r_0 + r_1) + (r_2 + r_3)) + ((r_4 + r_5) + (r_6 + r_7))`. float32 values are cast exactly.
+    `mint.selection._compiled` sums in the same order (tests/selection/test_compiled.py)."""
+    m, n = T.shape
+    full = n - n % LANES
+    if full:
+        # a reduction over a middle axis adds its slices in order (checked against a plain loop)
+        acc = T[:, :full].reshape(m, full // LANES, LANES).sum(axis=1, dtype=np.float64)
+    else:
+        acc = np.zeros((m, LANES), dtype=np.float64)
+    if n > full:
+        acc[:, : n - full] += T[:, full:]
+    r = acc[:, 0:8] + acc[:, 8:16]
+    r += acc[:, 16:24]
+    r += acc[:, 24:32]
+    return ((r[:, 0] + r[:, 1]) + (r[:, 2] + r[:, 3])) + ((r[:, 4] + r[:, 5]) + (r[:, 6] + r[:, 7]))
+
+
 def row_gains(C: np.ndarray, rows: np.ndarray, cur: np.ndarray) -> np.ndarray:
     """Gain of each candidate in `rows` given coverage `cur` ((N,), the dtype of C):
-    `sum_i max(C[j, i] - cur[i], 0)`, the terms in C's dtype, accumulated in float64.
+    `sum_i max(C[j, i] - cur[i], 0)`, the terms in C's dtype, accumulated in float64 (`lane_sums`).
 
     Rounding of the subtraction is monotone, so a gain can only shrink as `cur` grows: stale
     gains stay exact upper bounds, which lazy greedy needs."""
@@ -73,7 +105,7 @@ def row_gains(C: np.ndarray, rows: np.ndarray, cur: np.ndarray) -> np.ndarray:
         # c > cur is never negative) and is a little faster than subtracting first
         np.maximum(block, cur, out=block)
         block -= cur
-        out[s : s + step] = block.sum(axis=1, dtype=np.float64)
+        out[s : s + step] = lane_sums(block)
     return out
 
 
@@ -114,7 +146,7 @@ def _first_gains(C: np.ndarray, nonnegative: bool) -> np.ndarray:
     if not nonnegative:
         return row_gains(C, np.arange(m), np.zeros(n, dtype=C.dtype))
     step = max(1, _CHUNK_ELEMS // max(n, 1))
-    return np.concatenate([C[s : s + step].sum(axis=1, dtype=np.float64) for s in range(0, m, step)])
+    return np.concatenate([lane_sums(C[s : s + step]) for s in range(0, m, step)])
 
 
 def _compiled(C: np.ndarray, engine: str) -> bool:
@@ -143,7 +175,7 @@ def lazy_greedy(
     if k == 0:
         return order, gains
     if _compiled(C, engine):
-        return kernels(C.dtype).lazy_greedy(np.ascontiguousarray(C), k, sum_chunk(C.dtype))
+        return kernels(C.dtype).lazy_greedy(np.ascontiguousarray(C), k)
     cur = np.zeros(n, dtype=C.dtype)
     first = _first_gains(C, nonnegative)
     heap = [(-g, j, 0) for j, g in enumerate(first.tolist())]
