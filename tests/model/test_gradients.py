@@ -160,8 +160,10 @@ def test_in_place_adam_preconditioning_gives_the_bytes_of_the_plain_expressions(
 
 @pytest.mark.parametrize("kind", ["rademacher", "sjlt"])
 def test_streaming_projection_equals_shard_at_once(lora_setup, kind):
-    """Rows projected batch by batch (a buffer of 3, 4 or 7 rows, batches of 3) give the bytes
-    of one projection call over the whole shard, at one torch thread (set by the fixture)."""
+    """Rows projected batch by batch (a buffer of 3, 4 or 7 rows, batches of 3) give the rows of
+    one projection call over the whole shard: the same bytes for sjlt (rows are scattered one by
+    one), float rounding for the dense projection (BLAS may choose its kernel by the row count,
+    even at one thread on some processors)."""
     from mint.model.projection import make_projector
 
     model, _, tokenized, ids = lora_setup
@@ -177,4 +179,9 @@ def test_streaming_projection_equals_shard_at_once(lora_setup, kind):
     for rows in (3, 4, 7):
         streamed = shard_features(model, tokenized[:7], buffer_rows=rows, **common)
         for key in whole:
-            assert np.array_equal(streamed[key], whole[key]), (rows, key)
+            if kind == "sjlt":
+                assert np.array_equal(streamed[key], whole[key]), (rows, key)
+            else:
+                scale = float(np.abs(whole[key]).max())
+                np.testing.assert_allclose(streamed[key], whole[key], rtol=1e-5, atol=1e-6 * scale,
+                                           err_msg=f"{rows} rows, {key}")
