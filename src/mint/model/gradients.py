@@ -166,9 +166,9 @@ def shard_features(model, tokenized, *, collector, preconditioner, projector, ba
     batch) and are projected whenever the next batch would not fit, so memory is bounded by
     the buffer, never by the shard. `None` (or room for the whole shard): every row of the
     shard in one projection call, SFT rows then PT rows in example order, as before streaming
-    (the same bytes at any thread count). A row's projection does not depend on the other rows
-    of a call at one torch thread, so there the bytes never depend on `buffer_rows`; with more
-    threads they agree to float rounding (see `mint.model.projection`)."""
+    (the same bytes at any thread count). With another `buffer_rows` the dense projections'
+    rows agree to float rounding (BLAS may pick kernels by the row count; see
+    `mint.model.projection`) and sjlt's are the same bytes."""
     from mint.model.data import collate
 
     m = len(tokenized)

@@ -33,10 +33,11 @@ scale (grad_dim ~1e8) the whole matrix is terabytes and is regenerated for every
 the sparse projection (`mint.model.sjlt`, `kind="sjlt"`) or trak's CUDA kernel (`kind="trak"`)
 is the practical choice (docs/design.md, "Gradient features at 7-8B scale").
 
-Row independence: a row's projection does not depend on the other rows of the call when
-torch runs one thread (a one-row call is padded to two rows, since BLAS takes another kernel
-for a single row); with several threads the BLAS blocking follows the row count, so rows
-agree to float rounding only between calls of different sizes.
+Row independence: a row's projection agrees across calls of different sizes to float rounding
+(~1e-6 relative), not bytewise: BLAS may choose its kernel and blocking by the row count, with
+several threads always and at one thread on some processors (an AVX-512 EPYC, 2026-12; not on
+the AVX2 machine this was first measured on). A one-row call is padded to two rows, since BLAS
+takes another kernel for a single row. Calls of the same sizes give the same bytes.
 """
 from __future__ import annotations
 
