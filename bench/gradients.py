@@ -15,6 +15,8 @@ from every figure. The warm-up adapter is trained once (on 1/8 of the records, o
 and reused from --work_dir.
 
     .venv/bin/python bench/gradients.py --n 64 --max_length 256 --batch_size 8 --threads 1
+    .venv/bin/python bench/gradients.py --head_memory --data ../shared/data/ni_mix/pool.jsonl \
+        --batch_size 8 --max_length 768 --threads 1      # the response-only output head's saving
 """
 from __future__ import annotations
 
@@ -51,7 +53,13 @@ def main(argv=None) -> int:
                         "mint/model/gradients.py, e.g. from `git show REV:src/mint/model/gradients.py`) against "
                         "the current one, alternated --repeats times in one process: wall and CPU seconds, same bytes")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--head_memory", action="store_true",
+                   help="instead: peak RSS and seconds of one per-example-gradient pass over the first --batch_size "
+                        "records, with the output head on the response positions only and on every position (one "
+                        "subprocess each, a fresh LoRA r=8 adapter)")
     args = p.parse_args(argv)
+    if args.head_memory:
+        return head_memory(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.peak_memory:
         return peak_memory(args)
@@ -165,6 +173,50 @@ compute_features(model, data, warm, out, proj_dim=int(proj_dim), batch_size=int(
 print(json.dumps({"seconds": time.perf_counter() - t0,
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
+
+
+_HEAD = """
+import json, resource, sys, time, torch
+from mint.model import gradients, modeling
+from mint.model.data import collate, collate_ids, load_examples, tokenize_examples
+model_name, data, batch, max_length, threads, mode = sys.argv[1:]
+torch.set_num_threads(int(threads))
+model, tok = modeling.load_model_and_tokenizer(model_name, device="cpu")
+torch.manual_seed(0)
+model = modeling.add_lora(model, modeling.LoraSettings(r=8, alpha=16.0))
+examples = load_examples(data)[: int(batch)]
+toks = tokenize_examples(examples, tok, max_length=int(max_length), long_prompts="truncate")
+b = collate(toks, "sft", **collate_ids(tok))
+real = modeling.response_token_losses
+modeling.response_token_losses = lambda m, x: real(m, x, response_only=mode == "response")
+collector = gradients.LoraGradCollector(model)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+t0 = time.perf_counter()
+g = gradients.per_example_grads(model, b, collector)
+print(json.dumps({"head": mode, "seconds": round(time.perf_counter() - t0, 2), "rss_before_mib": round(base),
+                  "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                  "tokens": int(b["attention_mask"].sum()), "labelled": int((b["labels"][:, 1:] != -100).sum()),
+                  "grad_norm": float(g.norm())}))
+"""
+
+
+def head_memory(args) -> int:
+    """The output head on the response positions only against every position, in the feature
+    step's backward pass (`mint.model.modeling.response_token_losses`)."""
+    import subprocess
+    import sys
+
+    rows = []
+    for mode in ("all", "response"):
+        cmd = [sys.executable, "-c", _HEAD, args.model, args.data, str(args.batch_size), str(args.max_length),
+               str(args.threads), mode]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"the {mode} run failed:\n{out.stderr[-3000:]}")
+        rows.append(json.loads(out.stdout.splitlines()[-1]))
+    print(json.dumps({"data": args.data, "batch_size": args.batch_size, "max_length": args.max_length,
+                      "runs": rows}, indent=2))
+    return 0
 
 
 def compare_with(args) -> int:

@@ -40,6 +40,7 @@ def test_selection_benchmark_modes_run(mode, tmp_path):
                       "--buffer_mb", "0"]),
     ("gradients.py", ["--n", "6", "--max_length", "32", "--proj_dim", "32", "--batch_size", "2", "--repeats", "1",
                       "--compare_with", str(REPO / "src" / "mint" / "model" / "gradients.py")]),
+    ("gradients.py", ["--head_memory", "--max_length", "32", "--batch_size", "2", "--threads", "1"]),
 ])
 def test_model_benchmarks_run_on_the_tiny_model(script, extra, tiny_model_dir, alpaca_file, tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "bench" / script), "--model", str(tiny_model_dir), "--data",

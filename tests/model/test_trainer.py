@@ -60,8 +60,39 @@ def reference(tiny_model_dir, six):
 def test_response_positions_only_give_the_same_losses(tiny_model_dir, six):
     model, tok = lora_model(tiny_model_dir)
     batch = collate(tokenize_examples(load_examples(six), tok, max_length=64), "sft", **collate_ids(tok))
-    full = response_token_losses(model, batch)
+    full = response_token_losses(model, batch, response_only=False)  # the [B, T, vocab] logits
     torch.testing.assert_close(response_losses(model, batch), full, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(response_token_losses(model, batch), full, rtol=1e-6, atol=1e-7)  # the default
+
+
+def test_the_feature_step_takes_response_only_gradients(tiny_model_dir, six):
+    """Per-example LoRA gradients through the response-only head equal those through the full
+    logits (float rounding), and the head sees only the labelled positions."""
+    from mint.model import gradients, modeling
+
+    model, tok = lora_model(tiny_model_dir)
+    batch = collate(tokenize_examples(load_examples(six), tok, max_length=64), "sft", **collate_ids(tok))
+    collector = gradients.LoraGradCollector(model)
+    fast = gradients.per_example_grads(model, batch, collector)
+    real = modeling.response_token_losses
+    try:
+        modeling.response_token_losses = lambda m, b: real(m, b, response_only=False)
+        plain = gradients.per_example_grads(model, batch, collector)
+    finally:
+        modeling.response_token_losses = real
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-6)
+    seen = []
+    head = model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape))
+    try:
+        real(model, batch)
+    finally:
+        hook.remove()
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    rows = 1
+    for size in seen[0][:-1]:
+        rows *= size
+    assert rows == labelled < batch["input_ids"].numel()  # the head ran on the labelled positions only
 
 
 def test_unit_weights_equal_the_unweighted_loss(tiny_model_dir, six, reference, tmp_path):

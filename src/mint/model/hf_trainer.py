@@ -61,37 +61,12 @@ def step_plan(steps: Sequence[Sequence[int]], lengths: Sequence[int], coefs: np.
     return batches
 
 
-def _accepts_logits_to_keep(model) -> bool:
-    import inspect
-
-    base = model
-    for attr in ("get_base_model",):  # a peft model: the causal LM inside it
-        if hasattr(base, attr):
-            base = getattr(base, attr)()
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
 def response_losses(model, batch: dict, *, response_only: bool = True):
-    """Per-example mean cross entropy over the labelled tokens, float32, shape [B]: the same
-    values as `mint.model.modeling.response_token_losses` (the same per-token terms, summed in
-    the same order), with the output head applied to the response positions alone."""
-    import torch
-    import torch.nn.functional as F
+    """Per-example mean cross entropy over the labelled tokens, float32, shape [B], with the
+    output head on the response positions alone (`mint.model.modeling.response_token_losses`)."""
+    from mint.model.modeling import response_token_losses
 
-    input_ids, labels = batch["input_ids"], batch["labels"]
-    targets = labels[:, 1:]
-    keep = targets != -100  # position t predicts token t + 1
-    if not response_only:
-        from mint.model.modeling import response_token_losses
-
-        return response_token_losses(model, batch)
-    mask = torch.cat([keep, torch.zeros_like(keep[:, :1])], dim=1)
-    logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"], logits_to_keep=mask).logits
-    logits = logits.reshape(-1, logits.size(-1)).float()  # [labelled tokens, vocab]
-    token_loss = torch.zeros(targets.shape, dtype=torch.float32, device=logits.device)
-    token_loss[keep] = F.cross_entropy(logits, targets[keep], reduction="none")
-    counts = keep.sum(dim=1)
-    return token_loss.sum(dim=1) / counts.clamp(min=1).to(torch.float32)
+    return response_token_losses(model, batch, response_only=response_only)
 
 
 class _Stream:
@@ -131,6 +106,8 @@ def _classes():
     """(WeightedTrainer, StepRecord), defined on first use: transformers loads only then."""
     from transformers import Trainer, TrainerCallback
 
+    from mint.model.modeling import accepts_logits_to_keep
+
     class WeightedTrainer(Trainer):
         """`Trainer` with mint's weighted response-token loss and step plan (module docstring)."""
 
@@ -139,7 +116,7 @@ def _classes():
             self.stream = stream
             self.loss_is_scaled_for_ga = True  # compute_loss divides by the step's examples itself
             self.model_accepts_loss_kwargs = False  # no token count: the weights set the scale
-            self.response_only = _accepts_logits_to_keep(self.model)
+            self.response_only = accepts_logits_to_keep(self.model)
             self.step_sums = [0.0, 0.0]  # this rank's weighted and plain loss sums in the current step
 
         def floating_point_ops(self, inputs):

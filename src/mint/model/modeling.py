@@ -40,6 +40,7 @@ __all__ = [
     "lora_named_parameters",
     "lora_key",
     "adapter_sha256",
+    "accepts_logits_to_keep",
     "response_token_losses",
 ]
 
@@ -354,15 +355,43 @@ def adapter_sha256(adapter_dir: str | os.PathLike, *, missing_ok: bool = False) 
     raise MintError(f"{adapter_dir} has no adapter_model.safetensors/.bin; the warm-up did not finish")
 
 
-def response_token_losses(model, batch: dict) -> Any:
-    """Per-example mean cross entropy over the labelled (response) tokens, float32, shape [B]."""
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the causal LM (inside a peft model too) takes `logits_to_keep`, so that its output
+    head can run on the response positions alone."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def response_token_losses(model, batch: dict, *, response_only: bool | None = None) -> Any:
+    """Per-example mean cross entropy over the labelled (response) tokens, float32, shape [B].
+
+    response_only (None: whenever the model takes `logits_to_keep`): the output head and the
+    float32 logits only at the positions that predict a response token, through the model's own
+    forward (so logit scaling or soft-capping stays the model's), instead of [B, T, vocab]; the
+    same per-token terms to float rounding (tests/model/test_trainer.py). With long prompts and
+    short answers this is most of the logits' memory: [B, T, V] float32 is 4.2 GB at a 128k
+    vocabulary and 8 x 1,024 tokens, before its log-softmax and gradient."""
     import torch
     import torch.nn.functional as F
 
     device = next(model.parameters()).device
     input_ids = batch["input_ids"].to(device)
     labels = batch["labels"].to(device)
-    logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device)).logits
+    mask = batch["attention_mask"].to(device)
+    if response_only is None:
+        response_only = accepts_logits_to_keep(model)
+    if response_only:
+        targets = labels[:, 1:]
+        keep = targets != -100  # position t predicts token t + 1
+        positions = torch.cat([keep, torch.zeros_like(keep[:, :1])], dim=1)
+        logits = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=positions).logits
+        logits = logits.reshape(-1, logits.size(-1)).float()  # [labelled tokens, vocab]
+        token_loss = torch.zeros(targets.shape, dtype=torch.float32, device=logits.device)
+        token_loss[keep] = F.cross_entropy(logits, targets[keep], reduction="none")
+        return token_loss.sum(dim=1) / keep.sum(dim=1).clamp(min=1).to(torch.float32)
+    logits = model(input_ids=input_ids, attention_mask=mask).logits
     # token t predicts token t+1
     logits = logits[:, :-1, :].float()
     targets = labels[:, 1:]
