@@ -567,15 +567,18 @@ def main(argv=None) -> int:
             r = json.loads(f.read_text())
             if r.get("dev_sha") == dev_sha:
                 stored[j["key"]] = r
+    spent = False
     for j in todo:
         if j["key"] in stored or args.only_analyse:
             continue
-        if args.budget_minutes and time.perf_counter() - t_start > 60 * args.budget_minutes:
-            log.info("budget of %g minutes spent: %d jobs left for a later sitting", args.budget_minutes,
-                     sum(x["key"] not in stored for x in todo))
-            break
         sub = j["subset"]
         twin = next((r for r in stored.values() if r.get("train_key") == j["train_key"]), None)
+        if twin is None and args.budget_minutes and time.perf_counter() - t_start > 60 * args.budget_minutes:
+            if not spent:
+                log.info("budget of %g minutes spent: no more trainings (arms that picked an already trained "
+                         "subset are still scored)", args.budget_minutes)
+            spent = True
+            continue
         t0 = time.perf_counter()
         if twin is not None:  # the same subset and settings as an arm already scored: the same adapter
             ev = {k: twin[k] for k in ("sft", "tokens", "exact_match", "sft_loss", "adapter_sha256",
@@ -599,7 +602,11 @@ def main(argv=None) -> int:
                  ev["sft_loss"], time.perf_counter() - t0)
 
     runs = [stored[j["key"]] for j in todo if j["key"] in stored]
-    missing = [f"{j['label']}@{j['ratio']:g} seed {j['seed']}" for j in todo if j["key"] not in stored]
+    def name(j) -> str:  # random and stratified arms differ by their selection seed, the others by the training seed
+        drawn = (j["subset"] or {}).get("seed")
+        return f"{j['label']}@{j['ratio']:g} " + (f"draw {drawn}" if drawn is not None else f"seed {j['seed']}")
+
+    missing = [name(j) for j in todo if j["key"] not in stored]
     if not any(r["label"] == "random" for r in runs) or base is None:
         log.info("not enough runs for a table yet (%d of %d)", len(runs), len(todo))
         return 0
