@@ -383,9 +383,11 @@ def plot(result: dict, path: Path) -> None:
     rows = [r for r in result["analysis"]["rows"].values() if r["label"] != "full"]
     labels = sorted({r["label"] for r in rows})
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ratios = sorted({r["ratio"] for r in rows})
+    step = 0.5 * min((b - a for a, b in zip(ratios, ratios[1:])), default=0.05) / max(len(labels), 1)
     for j, label in enumerate(labels):
         rs = sorted((r for r in rows if r["label"] == label), key=lambda r: r["ratio"])
-        x = [r["ratio"] * (1 + 0.012 * (j - len(labels) / 2)) for r in rs]  # a small offset per arm
+        x = [r["ratio"] + step * (j - (len(labels) - 1) / 2) for r in rs]  # arms side by side at each ratio
         ax1.plot(x, [r["sft_loss"] for r in rs], marker="o", label=label)
         d = [r["delta_mean"] for r in rs]
         ax2.errorbar(x, [v["value"] for v in d], yerr=[[v["value"] - v["lo"] for v in d], [v["hi"] - v["value"]
@@ -394,6 +396,9 @@ def plot(result: dict, path: Path) -> None:
     if full:
         ax1.axhline(full["sft_loss"], color="k", ls="--", lw=1, label="full data")
     ax2.axhline(0, color="grey", lw=1)
+    for ax in (ax1, ax2):
+        ax.set_xticks(ratios)
+        ax.set_xlim(ratios[0] - 0.5 * step * (len(labels) + 1), ratios[-1] + 0.5 * step * (len(labels) + 1))
     ax1.set(xlabel="ratio", ylabel="held-out SFT loss", title=result["dataset"])
     ax2.set(xlabel="ratio", ylabel="loss minus random mean (95% CI)", title="paired difference against random")
     ax1.legend(fontsize=7, ncol=2)
