@@ -352,6 +352,39 @@ def test_a_step_that_cannot_fit_is_refused_before_any_work(tiny_model_dir, data_
     assert not (tmp_path / "nofit" / "manifest.json").exists()
 
 
+def test_the_estimate_counts_logits_at_the_labelled_positions_only(tiny_model_dir, data_file, sgd_warmup_dir,
+                                                                    tmp_path, monkeypatch):
+    """The tiny model takes `logits_to_keep`, so the checked (and recorded) estimate counts the
+    logits of the b longest responses, not of every position of a full batch."""
+    import mint.model.memory as memory
+
+    calls = []
+    real = memory.estimate_feature_memory
+
+    def spy(shape, **kw):
+        calls.append((shape, kw))
+        return real(shape, **kw)
+
+    monkeypatch.setattr(memory, "estimate_feature_memory", spy)
+    out = _run(tiny_model_dir, data_file, sgd_warmup_dir, tmp_path / "feats")
+    first, last = calls[0], calls[-1]
+    assert first[1]["logit_tokens"] is None  # before the data is tokenized: every position
+    assert 0 < last[1]["logit_tokens"] < 3 * 64 and last[1]["batch_size"] == 3
+    refined, worst = real(last[0], **last[1]), real(first[0], **first[1])
+    assert refined.parts["logits"] == last[1]["logit_tokens"] * last[0].vocab_size * (last[0].param_bytes + 12)
+    assert refined.total < worst.total
+    assert mint.model.store.read_manifest(out)["info"]["memory_estimate_bytes"] == refined.total
+
+
+def test_labelled_bound_is_the_sum_of_the_longest_responses():
+    from types import SimpleNamespace
+
+    from mint.model.features import _labelled_bound
+
+    bound = _labelled_bound([SimpleNamespace(response_ids=(1,) * n) for n in (3, 9, 1, 5)])
+    assert [bound(b) for b in (1, 2, 3, 4, 6)] == [9, 14, 17, 18, 18]
+
+
 def test_trak_falls_back_to_the_tiles_when_it_cannot_run(tiny_model_dir, data_file, sgd_warmup_dir, tmp_path, caplog):
     """Without CUDA (or without traker[fast]) `projection trak` logs why and uses mint's rademacher
     tiles, which the manifest records."""

@@ -59,3 +59,14 @@ def test_refusal_names_the_batch_size_or_the_rank():
     # what is already loaded (the model) counts against the estimate, not against what is free
     check_feature_memory(big, available=big.total - big.parts["weights"], allocated=big.parts["weights"],
                          where="cpu", batch_size=8, at_batch=at)
+
+
+def test_logits_counted_at_the_given_positions():
+    """The response-only head: logits only where a micro-batch has labels, never more than every position."""
+    full = estimate_feature_memory(LLAMA3_8B_R128, batch_size=8, max_length=512, proj_dims=[8192])
+    some = estimate_feature_memory(LLAMA3_8B_R128, batch_size=8, max_length=512, proj_dims=[8192], logit_tokens=800)
+    assert some.parts["logits"] == 800 * 128256 * (2 + 12)
+    assert full.total - some.total == full.parts["logits"] - some.parts["logits"]
+    capped = estimate_feature_memory(LLAMA3_8B_R128, batch_size=8, max_length=512, proj_dims=[8192],
+                                     logit_tokens=10**9)
+    assert capped.parts == full.parts

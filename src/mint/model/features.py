@@ -98,7 +98,9 @@ def compute_features(model_name_or_dir, data_path, warmup_dir, output_dir, *, pr
     tokenized = tokenize_examples(examples, setup.tokenizer, max_length=max_length, template=template,
                                   long_prompts=long_prompts, assistant_turns=assistant_turns,
                                   progress=progress and rank == 0)
-    check_memory()  # refuses a step that cannot fit, before anything is written
+    # refuses a step that cannot fit, before anything is written; with the response-only head the
+    # logits are counted at the data's labelled positions
+    store.info["memory_estimate_bytes"] = check_memory(tokenized).total
     if rank == 0:
         _warn_on_changes(output_dir, info, settings, warmup_dir, overwrite)
         store.prepare(overwrite=overwrite)
@@ -237,10 +239,13 @@ def _buffer_rows(buffer_mb: int, grad_dim: int, *, batch_size: int, shard_size: 
 
 def _memory(setup: _Setup, projector, *, batch_size: int, max_length: int, grad_type: str, projection: str,
             sjlt_s: int, cache_mb: int, buffer_rows: int | None, shard_size: int):
-    """The estimated peak memory of the step (`mint.model.memory`), logged, and the check to run
-    before the work starts: a MintError naming the setting when it cannot fit in what is free on
-    the device (CUDA) or in the available RAM (CPU)."""
+    """The estimated peak memory of the step (`mint.model.memory`) before the data is tokenized
+    (logits at every position), logged, and the check to run once it is: `check(tokenized)`
+    counts the logits at the most labelled positions a micro-batch can hold when the model has a
+    response-only head, logs that estimate, raises a MintError naming the setting when it cannot
+    fit in what is free on the device (CUDA) or in the available RAM (CPU), and returns it."""
     from mint.model.memory import check_feature_memory, estimate_feature_memory
+    from mint.model.modeling import accepts_logits_to_keep
 
     shape = model_shape(setup.model, setup.collector)
     options = dict(max_length=max_length, grad_type=grad_type, projection=projection,
@@ -248,20 +253,37 @@ def _memory(setup: _Setup, projector, *, batch_size: int, max_length: int, grad_
                    sjlt_s=sjlt_s, tile_bytes=getattr(projector, "tile_rows", 0) * getattr(projector, "tile_cols", 0) * 4)
     rows = buffer_rows or 2 * shard_size
 
-    def at_batch(b: int):
+    def at_batch(b: int, logit_tokens=None):
         return estimate_feature_memory(shape, batch_size=b, buffer_rows=rows if buffer_rows is None else max(b, rows),
-                                       **options)
+                                       logit_tokens=None if logit_tokens is None else logit_tokens(b), **options)
+
+    def describe(estimate) -> None:
+        log.info("estimated peak memory of the feature step on %s (batch_size %d, max_length %d, grad_dim %d, "
+                 "projection %s): %s", setup.device, batch_size, max_length, shape.grad_dim, projection,
+                 estimate.describe())
 
     estimate = at_batch(batch_size)
-    log.info("estimated peak memory of the feature step on %s (batch_size %d, max_length %d, grad_dim %d, "
-             "projection %s): %s", setup.device, batch_size, max_length, shape.grad_dim, projection,
-             estimate.describe())
+    describe(estimate)
     loaded = estimate.parts["weights"] + estimate.parts["lora"] // 2 + estimate.parts["adam_state"]
 
-    def check() -> None:
-        check_feature_memory(estimate, available=_free_memory(setup.device), allocated=loaded,
-                             where=str(setup.device), batch_size=batch_size, at_batch=at_batch)
+    def check(tokenized):
+        logit_tokens = _labelled_bound(tokenized) if accepts_logits_to_keep(setup.model) else None
+        refined = at_batch(batch_size, logit_tokens)
+        if refined.total != estimate.total:
+            describe(refined)
+        check_feature_memory(refined, available=_free_memory(setup.device), allocated=loaded,
+                             where=str(setup.device), batch_size=batch_size,
+                             at_batch=lambda b: at_batch(b, logit_tokens))
+        return refined
     return estimate, check
+
+
+def _labelled_bound(tokenized):
+    """`b -> ` the most labelled positions (those the response-only head computes logits for) a
+    micro-batch of b examples can hold in either view: the sum of the b longest responses. An
+    upper bound for any batching, so the estimate holds whatever order the shards take."""
+    lengths = sorted((len(t.response_ids) for t in tokenized), reverse=True)
+    return lambda b: sum(lengths[:b])
 
 
 def model_shape(model, collector: LoraGradCollector):

@@ -13,7 +13,9 @@ counts what the step holds at its peak, on the device of the gradients:
 - the activations of one forward + backward pass: about (10 h + 4 I) values per token and
   layer in the model dtype (SDPA attention, no T^2 term), plus the LoRA hooks' float32 inputs
   and output gradients ((in + out + 2 r) per token and adapted layer);
-- the logits: in the model dtype, the float32 copy, its log-softmax and gradient (V per token);
+- the logits: in the model dtype, the float32 copy, its log-softmax and gradient (V per
+  position that gets logits: every position of a full batch, or, through the response-only
+  output head, only the labelled ones, `logit_tokens`);
 - the projection: the dense tiles or sparse hashes cached (up to cache_bytes) and one in use,
   and its output rows.
 
@@ -62,14 +64,18 @@ class FeatureMemory:
 
 def estimate_feature_memory(shape: ModelShape, *, batch_size: int, max_length: int, grad_type: str = "adam",
                             projection: str = "rademacher", proj_dims=(8192,), cache_bytes: int = 1 << 30,
-                            buffer_rows: int = 8, sjlt_s: int = 2, tile_bytes: int | None = None) -> FeatureMemory:
+                            buffer_rows: int = 8, sjlt_s: int = 2, tile_bytes: int | None = None,
+                            logit_tokens: int | None = None) -> FeatureMemory:
     """The peak bytes of `mint.model.features.compute_features` (module docstring). tile_bytes:
     one dense tile (the CPU's numpy tile by default; `DEVICE_TILE_ROWS x DEVICE_TILE_COLS` floats
-    for tiles drawn on a GPU)."""
+    for tiles drawn on a GPU). logit_tokens: the most positions of one micro-batch that get
+    output-head logits (the labelled ones, for a model with `logits_to_keep`); None: every
+    position, `batch_size x max_length`, the bound when nothing is known of the data."""
     from mint.model.projection import TILE_COLS, TILE_ROWS
     from mint.model.sjlt import CHUNK
 
     g, tokens, f4 = shape.grad_dim, batch_size * max_length, 4
+    logit_tokens = tokens if logit_tokens is None else min(int(logit_tokens), tokens)
     dims = [] if proj_dims is None else [int(d) for d in ([proj_dims] if isinstance(proj_dims, int) else proj_dims)]
     rows = max(buffer_rows, 2)
     if not dims:
@@ -89,7 +95,7 @@ def estimate_feature_memory(shape: ModelShape, *, batch_size: int, max_length: i
         "row_buffer": (buffer_rows * g * f4) if dims else 0,
         "activations": tokens * shape.num_layers * (10 * shape.hidden_size + 4 * shape.intermediate_size)
         * shape.param_bytes + tokens * shape.lora_io * f4,
-        "logits": tokens * shape.vocab_size * (shape.param_bytes + 3 * f4),
+        "logits": logit_tokens * shape.vocab_size * (shape.param_bytes + 3 * f4),
         "projection": projector,
     }
     return FeatureMemory(parts)
