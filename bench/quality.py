@@ -24,7 +24,8 @@ training-seed noise is shown beside them as the spread of the random seeds.
 Every stage resumes: warm-up and features through their manifests, and each trained-and-scored
 arm through its small result file under ``bench/results/quality/<tag>/runs`` (kept in git, so a
 later sitting, even on a fresh clone, only computes what is missing). ``--budget_minutes`` stops
-starting new trainings after that long and analyses what exists; the jobs run in order of
+starting new trainings after that long and analyses what exists; ``--arms`` trains only the
+arms named; the jobs run in order of
 importance (two random seeds, the default MINT rule, CRAIG, pt, two more random seeds and the
 full data first, at the decision ratio).
 
@@ -450,6 +451,9 @@ def parse(argv):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the table says which numbers came from where)")
     p.add_argument("--budget_minutes", type=float, default=0, help="start no training after this long (0 = none)")
+    p.add_argument("--arms", nargs="+", metavar="LABEL",
+                   help="train only these arms this sitting, e.g. mint/golden mint/plateau/weighting-none (the "
+                        "table still uses every stored run; arms that picked a trained subset are scored too)")
     p.add_argument("--only_analyse", action="store_true", help="no computing: the table from the stored runs")
     p.add_argument("--smoke", action="store_true", help="a few records, few arms, one epoch: seconds on a tiny model")
     p.add_argument("--tag", help="names the work and result folders (default: the data set)")
@@ -578,6 +582,8 @@ def main(argv=None) -> int:
             continue
         sub = j["subset"]
         twin = next((r for r in stored.values() if r.get("train_key") == j["train_key"]), None)
+        if twin is None and args.arms and j["label"] not in args.arms:
+            continue
         if twin is None and args.budget_minutes and time.perf_counter() - t_start > 60 * args.budget_minutes:
             if not spent:
                 log.info("budget of %g minutes spent: no more trainings (arms that picked an already trained "

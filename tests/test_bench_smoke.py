@@ -80,8 +80,9 @@ def test_submodlib_comparison_runs_or_names_the_missing_package(tmp_path):
 
 
 def test_quality_benchmark_smoke_mode(tiny_model_dir, tmp_path):
-    """Every stage of the evidence benchmark on the tiny model: selections, every arm, the table,
-    the plot, and a second call that computes nothing (everything resumes from the stored runs)."""
+    """Every stage of the evidence benchmark on the tiny model: a sitting that trains two arms
+    (`--arms`), then every other arm, the table, the plot, and a third call that computes nothing
+    (everything resumes from the stored runs)."""
     tasks = ["sum", "reverse", "capital", "count"]
     with open(tmp_path / "pool.jsonl", "w", encoding="utf-8") as f:
         for i in range(40):
@@ -94,6 +95,11 @@ def test_quality_benchmark_smoke_mode(tiny_model_dir, tmp_path):
     cmd = [sys.executable, str(REPO / "bench" / "quality.py"), "--smoke", "--model", str(tiny_model_dir), "--pool",
            str(tmp_path / "pool.jsonl"), "--dev", str(tmp_path / "dev.jsonl"), "--work_dir", str(tmp_path / "work"),
            "--results_dir", str(tmp_path / "results"), "--threads", "1"]
+    some = subprocess.run(cmd + ["--arms", "random", "pt"], capture_output=True, text=True, timeout=200, cwd=tmp_path)
+    assert some.returncode == 0, some.stderr[-3000:]
+    res = json.loads((tmp_path / "results" / "ni_mix-smoke" / "result.json").read_text())
+    assert 0 < res["runs_done"] < res["runs_total"]
+    assert all(m.split("@")[0] not in ("random", "pt") for m in res["missing"]) and "craig@0.1 seed 0" in res["missing"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     res = json.loads((tmp_path / "results" / "ni_mix-smoke" / "result.json").read_text())
