@@ -537,6 +537,10 @@ def main(argv=None) -> int:
         raise SystemExit(f"no selections at {sel_file}: run without --only_analyse first")
 
     todo = jobs(args, selections["subsets"], selections["n"])
+    unknown = sorted(set(args.arms or ()) - {j["label"] for j in todo})
+    if unknown:  # a misspelt label would otherwise train nothing, silently
+        raise SystemExit(f"--arms: no arm is named {', '.join(unknown)}; the arms are "
+                         f"{', '.join(sorted({j['label'] for j in todo}))}")
     loaded = None
     dev_sha = _sha(data["dev"].read_text(encoding="utf-8"))
 

@@ -95,6 +95,8 @@ def test_quality_benchmark_smoke_mode(tiny_model_dir, tmp_path):
     cmd = [sys.executable, str(REPO / "bench" / "quality.py"), "--smoke", "--model", str(tiny_model_dir), "--pool",
            str(tmp_path / "pool.jsonl"), "--dev", str(tmp_path / "dev.jsonl"), "--work_dir", str(tmp_path / "work"),
            "--results_dir", str(tmp_path / "results"), "--threads", "1"]
+    typo = subprocess.run(cmd + ["--arms", "randm"], capture_output=True, text=True, timeout=200, cwd=tmp_path)
+    assert typo.returncode != 0 and "no arm is named randm" in typo.stderr and "mint/plateau" in typo.stderr
     some = subprocess.run(cmd + ["--arms", "random", "pt"], capture_output=True, text=True, timeout=200, cwd=tmp_path)
     assert some.returncode == 0, some.stderr[-3000:]
     res = json.loads((tmp_path / "results" / "ni_mix-smoke" / "result.json").read_text())
