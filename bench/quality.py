@@ -294,6 +294,21 @@ def analyse(runs: list[dict], base: dict, dev_tasks: list, *, n_boot: int, seed:
         lo, hi = np.percentile(draws, [2.5, 97.5])
         return {"value": float(point), "lo": float(lo), "hi": float(hi)}
 
+    # held-out records in three bins of answer length (tokens learned), so a token-weighted loss
+    # that disagrees with the plain mean can be traced to the long answers it weighs most
+    edges = np.unique(np.quantile(tokens, [1 / 3, 2 / 3]))
+    length_bin = np.searchsorted(edges, tokens, side="right")
+    bins = [{"tokens_min": int(tokens[length_bin == b].min()), "tokens_max": int(tokens[length_bin == b].max()),
+             "records": int((length_bin == b).sum())} for b in range(len(edges) + 1) if (length_bin == b).any()]
+
+    def by_length(d):
+        out = []
+        for b in sorted(set(length_bin.tolist())):
+            mask = length_bin == b
+            draws = np.where(mask[boots], d[boots], 0).sum(axis=1) / np.maximum(mask[boots].sum(axis=1), 1)
+            out.append(interval(d[mask].mean(), draws))
+        return out
+
     full = groups.get(("full", 1.0))
     full_loss = mean_loss(full) if full else None
     table = {}
@@ -314,6 +329,10 @@ def analyse(runs: list[dict], base: dict, dev_tasks: list, *, n_boot: int, seed:
             point, draws = stats(d, ident), stats(d, boots)
             for key in point:
                 row[f"delta_{key}"] = interval(point[key], draws[key])
+            row["delta_by_length"] = by_length(d)
+            answers = [r["subset_answer_tokens"] for r in rs if r.get("subset_answer_tokens")]
+            if answers:  # of the training subset, averaged over the runs' subsets
+                row["subset_answer_tokens"] = {k: float(np.mean([x[k] for x in answers])) for k in answers[0]}
             e = em(rs) - rem
             ok = ~np.isnan(e)
             if ok.any():
@@ -334,7 +353,28 @@ def analyse(runs: list[dict], base: dict, dev_tasks: list, *, n_boot: int, seed:
                              "seed_sd": float(statistics.stdev([float(np.mean(r["sft"])) for r in full]))
                              if len(full) > 1 else None}
     return {"rows": table, "base_sft_loss": float(np.mean(base["sft"])), "n_dev": m, "n_boot": n_boot,
-            "tasks": len(names) if names else None}
+            "tasks": len(names) if names else None, "length_bins": bins}
+
+
+def answer_tokens(path: Path, tokenizer, max_length: int) -> list[int]:
+    """Learned (response) tokens of every pool record, as training sees them."""
+    from mint.model.data import load_examples, tokenize_examples
+
+    return [len(t.response_ids) for t in tokenize_examples(load_examples(path), tokenizer, max_length=max_length,
+                                                            long_prompts="truncate")]
+
+
+def subset_answer_tokens(pool_tokens: list[int], subset: dict | None, weighting: str) -> dict:
+    """Mean answer length of a training subset: of its records, and as trained (weighted by the
+    subset's weights unless the weighting is none; the full data is every record once)."""
+    import numpy as np
+
+    t = np.asarray(pool_tokens, dtype=np.float64)
+    if subset is None:
+        return {"mean": float(t.mean()), "as_trained": float(t.mean())}
+    i = np.asarray(subset["indices"])
+    w = np.ones(len(i)) if weighting == "none" else np.asarray(subset["weights"], dtype=np.float64)
+    return {"mean": float(t[i].mean()), "as_trained": float((t[i] * w).sum() / w.sum())}
 
 
 def coverage(tasks, indices) -> dict | None:
@@ -372,6 +412,21 @@ def markdown(result: dict) -> str:
                      f"{row['sft_loss']:.3f}{sd} | {ci(row.get('delta_mean'))} | {ci(row.get('delta_macro'))} | "
                      f"{ci(row.get('delta_token'))} | {emx} | {ci(row.get('gap_closed'), pct=True)} | "
                      + (f"{cov['tasks']}/{cov['of']} ({cov['rare']}/{cov['rare_of']})" if cov else "") + " |")
+    bins = a.get("length_bins") or []
+    if bins:
+        lines += ["", "By held-out answer length (learned tokens, template included): the paired difference against "
+                  "random in each third of the held-out records, and the mean answer length of the training subset "
+                  "(of its records / as trained, weights applied).", "",
+                  "| ratio | arm | subset answer tokens | "
+                  + " | ".join(f"{b['tokens_min']}-{b['tokens_max']} tokens ({b['records']} records)" for b in bins)
+                  + " |", "|---:|---|---|" + "---|" * len(bins)]
+        for row in sorted(a["rows"].values(), key=lambda r: (r["ratio"], r["label"] != "random", r["sft_loss"])):
+            if row["label"] == "full" or "delta_by_length" not in row:
+                continue
+            t = row.get("subset_answer_tokens")
+            lines.append(f"| {row['ratio']:g} | {row['label']} | "
+                         + (f"{t['mean']:.1f} / {t['as_trained']:.1f}" if t else "") + " | "
+                         + " | ".join(ci(x) for x in row["delta_by_length"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -617,6 +672,13 @@ def main(argv=None) -> int:
                  ev["sft_loss"], time.perf_counter() - t0)
 
     runs = [stored[j["key"]] for j in todo if j["key"] in stored]
+    if runs:  # the answer length each arm trained on (not stored: computed again from the subsets)
+        from mint.model.modeling import load_tokenizer
+
+        pool_tokens = answer_tokens(data["train"], loaded[1] if loaded else load_tokenizer(args.model), args.max_length)
+        runs = [{**stored[j["key"]], "subset_answer_tokens": subset_answer_tokens(pool_tokens, j["subset"],
+                                                                                  j["weighting"])}
+                for j in todo if j["key"] in stored]
     def name(j) -> str:  # random and stratified arms differ by their selection seed, the others by the training seed
         drawn = (j["subset"] or {}).get("seed")
         return f"{j['label']}@{j['ratio']:g} " + (f"draw {drawn}" if drawn is not None else f"seed {j['seed']}")

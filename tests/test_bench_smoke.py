@@ -113,6 +113,13 @@ def test_quality_benchmark_smoke_mode(tiny_model_dir, tmp_path):
     assert rows["random@0.1"]["delta_mean"]["value"] == 0.0 and len(rows["random@0.1"]["random_seed_means"]) == 2
     assert rows["mint/plateau@0.2"]["runs"] == 2 and "full@1.0" in rows and "gap_closed" in rows["pt@0.1"]
     assert (tmp_path / "results" / "ni_mix-smoke" / "loss_vs_ratio.png").stat().st_size > 0
+    bins = res["analysis"]["length_bins"]  # the breakdown by held-out answer length
+    assert sum(b["records"] for b in bins) == res["analysis"]["n_dev"] and len(rows["pt@0.1"]["delta_by_length"]) == len(bins)
+    assert all(x["value"] == 0.0 for x in rows["random@0.1"]["delta_by_length"])
+    t_random, t_craig = rows["random@0.1"]["subset_answer_tokens"], rows["craig/unweighted@0.1"]["subset_answer_tokens"]
+    assert t_random["mean"] == t_random["as_trained"] > 0 and t_craig["mean"] == t_craig["as_trained"]  # unweighted
+    assert rows["craig@0.1"]["subset_answer_tokens"]["mean"] == t_craig["mean"]  # the same subset, its weights apart
+    assert "By held-out answer length" in (tmp_path / "results" / "ni_mix-smoke" / "table.md").read_text()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "training LoRA" not in again.stderr  # nothing trained twice
