@@ -444,14 +444,28 @@ def plot(result: dict, path: Path) -> None:
     for j, label in enumerate(labels):
         rs = sorted((r for r in rows if r["label"] == label), key=lambda r: r["ratio"])
         x = [r["ratio"] + step * (j - (len(labels) - 1) / 2) for r in rs]  # arms side by side at each ratio
-        ax1.plot(x, [r["sft_loss"] for r in rs], marker="o", label=label)
+        # left: each arm's spread over its runs (random: over its draws; one run: no bar)
+        ax1.errorbar(x, [r["sft_loss"] for r in rs], yerr=[r.get("seed_sd") or 0.0 for r in rs], marker="o",
+                     capsize=3, label=label + (" (± sd over runs)" if any(r.get("seed_sd") for r in rs) else ""))
         d = [r["delta_mean"] for r in rs]
         ax2.errorbar(x, [v["value"] for v in d], yerr=[[v["value"] - v["lo"] for v in d], [v["hi"] - v["value"]
                      for v in d]], marker="o", capsize=3, label=label)
     full = result["analysis"]["rows"].get("full@1.0")
     if full:
         ax1.axhline(full["sft_loss"], color="k", ls="--", lw=1, label="full data")
+        if full.get("seed_sd"):
+            ax1.axhspan(full["sft_loss"] - full["seed_sd"], full["sft_loss"] + full["seed_sd"], color="k", alpha=0.1)
     ax2.axhline(0, color="grey", lw=1)
+    banded = False
+    for r in rows:  # how far one random draw strays from the random mean: the noise a single arm carries too
+        spread = r.get("random_seed_means") or []
+        if len(spread) > 1:
+            sd, half = statistics.stdev(spread), 0.5 * step * (len(labels) + 1)
+            ax2.fill_between([r["ratio"] - half, r["ratio"] + half], -sd, sd, color="grey", alpha=0.15,
+                             label=None if banded else "one random draw: ± sd")
+            banded = True
+    if banded:
+        ax2.legend(fontsize=7, loc="upper left")
     for ax in (ax1, ax2):
         ax.set_xticks(ratios)
         ax.set_xlim(ratios[0] - 0.5 * step * (len(labels) + 1), ratios[-1] + 0.5 * step * (len(labels) + 1))
