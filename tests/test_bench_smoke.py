@@ -113,6 +113,9 @@ def test_quality_benchmark_smoke_mode(tiny_model_dir, tmp_path):
     assert rows["random@0.1"]["delta_mean"]["value"] == 0.0 and len(rows["random@0.1"]["random_seed_means"]) == 2
     assert rows["mint/plateau@0.2"]["runs"] == 2 and "full@1.0" in rows and "gap_closed" in rows["pt@0.1"]
     assert (tmp_path / "results" / "ni_mix-smoke" / "loss_vs_ratio.png").stat().st_size > 0
+    r2 = rows["pt@0.1"]  # the rank among single random draws, counted from the stored seed means
+    assert r2["random_draws"] == 2 and r2["beats_random_draws"] == sum(
+        m > r2["sft_loss"] for m in rows["random@0.1"]["random_seed_means"])
     bins = res["analysis"]["length_bins"]  # the breakdown by held-out answer length
     assert sum(b["records"] for b in bins) == res["analysis"]["n_dev"] and len(rows["pt@0.1"]["delta_by_length"]) == len(bins)
     assert all(x["value"] == 0.0 for x in rows["random@0.1"]["delta_by_length"])
