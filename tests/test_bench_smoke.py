@@ -122,6 +122,18 @@ def test_quality_benchmark_smoke_mode(tiny_model_dir, tmp_path):
     t_random, t_craig = rows["random@0.1"]["subset_answer_tokens"], rows["craig/unweighted@0.1"]["subset_answer_tokens"]
     assert t_random["mean"] == t_random["as_trained"] > 0 and t_craig["mean"] == t_craig["as_trained"]  # unweighted
     assert rows["craig@0.1"]["subset_answer_tokens"]["mean"] == t_craig["mean"]  # the same subset, its weights apart
+    from mint.model.data import load_examples, tokenize_examples  # the weighted length against a plain loop
+    from mint.model.modeling import load_tokenizer
+
+    tok = tokenize_examples(load_examples(tmp_path / "pool.jsonl"), load_tokenizer(tiny_model_dir), max_length=96,
+                            long_prompts="truncate")
+    craig = next(x for x in json.loads((tmp_path / "results" / "ni_mix-smoke" / "selections.json").read_text())["subsets"]
+                 if x["label"] == "craig" and x["ratio"] == 0.1)
+    assert len(set(craig["weights"])) > 1  # else weighted and unweighted means could not differ
+    num = den = 0.0
+    for i, w in zip(craig["indices"], craig["weights"]):
+        num, den = num + w * len(tok[i].response_ids), den + w
+    assert abs(rows["craig@0.1"]["subset_answer_tokens"]["as_trained"] - num / den) < 1e-9
     assert "By held-out answer length" in (tmp_path / "results" / "ni_mix-smoke" / "table.md").read_text()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
