@@ -209,16 +209,18 @@ def test_second_round_from_the_command_line_is_recorded_in_the_run_key(npy_dir, 
 
 
 @pytest.mark.slow
-def test_two_rank_torchrun_partitioned_selection_equals_one_process(npy_dir, tmp_path):
-    """Under torchrun the parts are spread over the ranks (shared through select/parts/) and
-    rank 0 writes the outputs: the same bytes as one process."""
+@pytest.mark.parametrize("greedi", [False, True], ids=["parts", "second_round"])
+def test_two_rank_torchrun_partitioned_selection_equals_one_process(npy_dir, tmp_path, greedi):
+    """Under torchrun the parts are spread over the ranks (shared through select/parts/), the
+    second round runs in one rank only, and rank 0 writes the outputs: the same bytes as one process."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     common = ["select", "--features", str(npy_dir), "--ratios", "0.1", "0.2", "--alpha", "0.8", "--strategy",
-              "partitioned", "--partition_size", "20", "--n_jobs", "1", "--no_progress"]
+              "partitioned", "--partition_size", "20", "--n_jobs", "1", "--no_progress",
+              *(["--second_round"] if greedi else [])]
     assert main([*common, "--output_dir", str(tmp_path / "one")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = str(Path(sys.executable).parent / "torchrun")
@@ -233,3 +235,6 @@ def test_two_rank_torchrun_partitioned_selection_equals_one_process(npy_dir, tmp
     assert not (tmp_path / "two" / "parts").exists()
     assert result.stdout.count("outputs in") == 1  # only rank 0 reports
     assert result.stderr.count("computing 2 of the 4 parts in this process") == 2  # the ranks split the parts
+    # the second round's N x |U| matrix is built by one rank; the other reads its result
+    assert result.stderr.count("second round: similarities") == (1 if greedi else 0)
+    assert result.stderr.count("second round: computed by another process") == (1 if greedi else 0)

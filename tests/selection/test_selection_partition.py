@@ -264,3 +264,52 @@ def test_second_round_with_one_part_is_exact_and_refused_when_too_large():
                        memory_limit_bytes=1_000_000, **KW)
     with pytest.raises(MintError, match="second_round must be true or false"):
         select_coreset(feats, second_round="yes", **KW)
+
+
+class _SharedStore:
+    """One rank's view of a part store shared by `world` ranks (threads here, torchrun ranks in
+    `mint select`): part p is computed by rank p % world, `sync` waits for every rank."""
+
+    def __init__(self, files: dict, rank: int, world: int, barrier):
+        self.files, self.rank, self.barrier = files, rank, barrier
+        self.mine = lambda p: p % world == rank
+
+    def get(self, p, fingerprint):
+        found = self.files.get(p)
+        return found[1] if found is not None and found[0] == fingerprint else None
+
+    def put(self, p, fingerprint, result):
+        self.files[p] = (fingerprint, result)
+
+    def sync(self):
+        self.barrier.wait(timeout=60)
+
+
+def test_second_round_over_a_shared_store_runs_once_and_every_rank_gets_its_result(monkeypatch):
+    import threading
+
+    import mint.selection.partition as partition
+
+    feats = _features(n=240, d=8)
+    kw = dict(strategy="partitioned", partition_size=80, second_round=True, alpha=0.7, **KW)
+    alone = select_coreset(feats, **kw)
+    real, callers = partition.second_round_select, []
+    monkeypatch.setattr(partition, "second_round_select",
+                        lambda *a, **k: callers.append(threading.current_thread().name) or real(*a, **k))
+    files, barrier, results = {}, threading.Barrier(2), {}
+
+    def rank(r):
+        results[r] = select_coreset(feats, part_cache=_SharedStore(files, r, 2, barrier), **kw)
+
+    threads = [threading.Thread(target=rank, args=(r,), name=f"rank{r}") for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert callers == ["rank1"]  # 3 parts, so the second round is slot 3, owned by rank 1 of 2
+    assert sorted(files) == [0, 1, 2, 3]
+    for r in (0, 1):
+        _same(alone, results[r])
+    callers.clear()  # a rerun over the same store reads the second round back
+    _same(alone, select_coreset(feats, part_cache=_SharedStore(files, 0, 1, threading.Barrier(1)), **kw))
+    assert callers == []

@@ -299,9 +299,9 @@ def select_partitioned(features: Mapping[str, Any], plan, alpha: float | None, c
                          part_cache=part_cache)
     if second_round:
         union = np.sort(np.concatenate([results[p].order for p in results]))
-        order, gains, weights, errors = second_round_select(features, union, plan, combination, block=block,
-                                                            compute_errors=compute_errors)
-        return order, gains, weights, errors, len(parts)
+        res = _shared_second_round(features, union, plan, alpha, combination, block=block,
+                                   compute_errors=compute_errors, part_cache=part_cache, slot=len(parts))
+        return res.order, res.gains, res.weights, res.errors, len(parts)
     taken = np.zeros(len(parts), dtype=np.int64)
     order = np.empty(plan.k_max, dtype=np.int64)
     gains = np.empty(plan.k_max, dtype=np.float64)
@@ -376,6 +376,34 @@ def second_round_similarity(features: Mapping[str, Any], candidates: np.ndarray,
             blk[inside, candidates[inside] - s] = 0
         combination.apply(d, out=C[:, s:e])
     return similarity_from_distance(C, out=C)
+
+
+def _shared_second_round(features, union: np.ndarray, plan, alpha, combination: Combination, *, block: int,
+                         compute_errors: bool, part_cache, slot: int) -> PartResult:
+    """The second round, computed once: kept in `part_cache` (slot `slot`, after the parts) like a
+    part, so a rerun reads it back, and where the cache is shared by several processes (`.mine`,
+    `.sync`: torchrun ranks) only the process that owns the slot computes it (one N x |U| matrix
+    on the node, not one per rank) and the others read its result after the sync."""
+    import hashlib
+
+    fingerprint = hashlib.sha256(
+        b"greedi:" + part_fingerprint(union, sorted(plan.sizes), plan, alpha, compute_errors).encode()).hexdigest()
+    found = part_cache.get(slot, fingerprint) if part_cache is not None else None
+    mine = getattr(part_cache, "mine", None)
+    if found is None and (mine is None or mine(slot)):
+        found = PartResult(*second_round_select(features, union, plan, combination, block=block,
+                                                compute_errors=compute_errors))
+        if part_cache is not None:
+            part_cache.put(slot, fingerprint, found)
+    elif found is None:
+        logger.info("second round: computed by another process")
+    if hasattr(part_cache, "sync"):
+        part_cache.sync()
+        found = part_cache.get(slot, fingerprint)
+        if found is None:
+            raise MintError("the second round (GreeDi) is missing from the shared part store after every process "
+                            "finished; run the same command again")
+    return found
 
 
 def second_round_select(features: Mapping[str, Any], candidates: np.ndarray, plan, combination: Combination, *,
