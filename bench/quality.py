@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import statistics
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -702,7 +703,8 @@ def main(argv=None) -> int:
     if not any(r["label"] == "random" for r in runs) or base is None:
         log.info("not enough runs for a table yet (%d of %d)", len(runs), len(todo))
         return 0
-    result = {"dataset": args.dataset, "model": args.model, "device": args.device, "args": {k: str(v) for k, v in vars(args).items()},
+    result = {"dataset": args.dataset, "model": args.model, "device": args.device, "settings": settings_of(args),
+              "written_by": " ".join(["bench/quality.py", *(sys.argv[1:] if argv is None else argv)]),
               "n": selections["n"], "truncation": base.get("truncation"), "runs_done": len(runs),
               "runs_total": len(todo), "missing": missing,
               "analysis": analyse(runs, base, data["dev_tasks"], n_boot=args.n_boot, seed=args.seed),
@@ -714,6 +716,17 @@ def main(argv=None) -> int:
     print(table)
     print(f"{len(runs)} of {len(todo)} runs done" + (f"; missing: {', '.join(missing)}" if missing else ""))
     return 0
+
+
+# How one sitting runs, not what the table measures: left out of result.json's settings
+SITTING_ONLY = ("arms", "budget_minutes", "only_analyse", "threads", "work_dir", "results_dir")
+
+
+def settings_of(args) -> dict:
+    """The benchmark's settings for result.json: every option but the sitting's own (`SITTING_ONLY`),
+    so a table regenerated with --only_analyse or a sitting limited by --arms records the same
+    settings; the invocation that wrote the file goes to `written_by` beside it."""
+    return {k: str(v) for k, v in sorted(vars(args).items()) if k not in SITTING_ONLY}
 
 
 def _versions() -> dict:

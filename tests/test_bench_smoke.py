@@ -101,12 +101,15 @@ def test_quality_benchmark_smoke_mode(tiny_model_dir, tmp_path):
     assert some.returncode == 0, some.stderr[-3000:]
     res = json.loads((tmp_path / "results" / "ni_mix-smoke" / "result.json").read_text())
     assert 0 < res["runs_done"] < res["runs_total"]
+    first_settings = res["settings"]
+    assert "arms" not in first_settings and res["written_by"].endswith("--arms random pt")
     assert all(m.split("@")[0] not in ("random", "pt") for m in res["missing"]) and "craig@0.1 seed 0" in res["missing"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     res = json.loads((tmp_path / "results" / "ni_mix-smoke" / "result.json").read_text())
     rows = res["analysis"]["rows"]
     assert res["runs_done"] == res["runs_total"] and not res["missing"]
+    assert res["settings"] == first_settings and "--arms" not in res["written_by"]  # a sitting's own options apart
     for arm in ("random", "mint/plateau", "mint/golden", "craig", "craig/unweighted", "pt", "ifl", "stratified"):
         for ratio in (0.1, 0.2):
             assert f"{arm}@{ratio}" in rows, (arm, ratio)
