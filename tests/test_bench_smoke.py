@@ -141,3 +141,29 @@ def test_quality_benchmark_smoke_mode(tiny_model_dir, tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "training LoRA" not in again.stderr  # nothing trained twice
+
+
+def test_length_probe_smoke_mode(tiny_model_dir, tmp_path):
+    """The answer-length probe on the tiny model: a warm-up, features of 5 records per third,
+    the statistics and the two selections, written with their provenance."""
+    with open(tmp_path / "pool.jsonl", "w", encoding="utf-8") as f:
+        for i in range(30):
+            f.write(json.dumps({"instruction": f"say {i}", "input": "", "output": " ".join(["word"] * (1 + i % 10)),
+                                "task": f"t{i % 3}"}) + "\n")
+    cmd = [sys.executable, str(REPO / "bench" / "length_probe.py"), "--smoke", "--model", str(tiny_model_dir),
+           "--pool", str(tmp_path / "pool.jsonl"), "--work_dir", str(tmp_path / "work"), "--results_dir",
+           str(tmp_path / "results"), "--threads", "1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    res = json.loads((tmp_path / "results" / f"{tmp_path.name}-smoke.json").read_text())
+    assert sum(res["third_sizes"]) == 30 and res["per_third"] == 5
+    lengths = res["mean_answer_tokens"]
+    assert lengths[0] < lengths[1] < lengths[2]  # the thirds are ordered by answer length
+    for view in ("sft", "pt", "ifl"):
+        for s in res["views"][view]["thirds"]:
+            assert s["records"] == 5 and -1 <= s["within_cos"] <= 1 and 0 <= s["nn_distance"] <= 2
+    for sel in res["selections"].values():
+        assert sum(sel["picks"]) == sel["k"] == 3 and sum(sel["weights"]) == 15  # weights = cluster sizes
+    assert "within-third cosine" in result.stdout
+    too_many = subprocess.run(cmd + ["--per_third", "50"], capture_output=True, text=True, timeout=200, cwd=tmp_path)
+    assert too_many.returncode != 0 and "lower it" in too_many.stderr
