@@ -639,7 +639,7 @@ def main(argv=None) -> int:
         train_lora(args.model, data["train"], folder, indices=None if sub is None else sub["indices"],
                    weights=None if sub is None else sub["weights"], weighting=j["weighting"], epochs=j["epochs"],
                    lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, lora=lora, seed=j["seed"],
-                   device=args.device, overwrite=True, progress=True, **text)
+                   device=args.device, progress=True, **text)  # a finished or interrupted training resumes
         return {**evaluate_into(work / "eval" / j["train_key"], folder / "adapter"),
                 "train_seconds": read_train_manifest(folder).get("train_seconds")}
 
