@@ -29,16 +29,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from quality import length_thirds  # noqa: E402  the thirds of the benchmark's length table
 POOL = REPO.parent / "shared" / "data" / "ni_mix" / "pool.jsonl"
 VIEWS = ("sft", "pt", "ifl")
-
-
-def thirds(lengths):
-    """Each record's third (0, 1, 2) by answer tokens: cut at the 1/3 and 2/3 quantiles, ties to the lower third."""
-    import numpy as np
-
-    cuts = np.quantile(lengths, [1 / 3, 2 / 3])
-    return np.digitize(lengths, cuts, right=True), cuts
 
 
 def view_stats(X, third) -> dict:
@@ -78,7 +72,7 @@ def picks_by_third(features, third, ratio: float, **selection) -> dict:
 
 def markdown(result: dict) -> str:
     cuts = result["cuts"]
-    names = [f"<= {cuts[0]:g}", f"{cuts[0]:g}-{cuts[1]:g}", f"> {cuts[1]:g}"]
+    names = [f"< {cuts[0]:g}", f"{cuts[0]:g} to < {cuts[1]:g}", f">= {cuts[1]:g}"]
     lines = [f"answer-length thirds (tokens): {', '.join(names)}; {result['per_third']} records each",
              "", "| view | third | within-third cosine | nearest same-third distance | cosine to the sample |",
              "|---|---|---:|---:|---:|"]
@@ -127,7 +121,7 @@ def main(argv=None) -> int:
     from mint._io import atomic_write_json, atomic_write_text, sha256_file, versions
     from mint.model.data import load_examples, tokenize_examples
     from mint.model.features import compute_features
-    from mint.model.modeling import load_tokenizer
+    from mint.model.modeling import adapter_sha256, load_tokenizer
     from mint.model.store import load_features
     from mint.model.warmup import run_warmup
     from mint.records import read_records
@@ -142,8 +136,11 @@ def main(argv=None) -> int:
     atomic_write_text(everything, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     tok = tokenize_examples(load_examples(everything), load_tokenizer(args.model), **text)
     lengths = np.array([len(t.response_ids) for t in tok])
-    third, cuts = thirds(lengths)
+    third, cuts = length_thirds(lengths)
     sizes = np.bincount(third, minlength=3)
+    if len(cuts) < 2:
+        raise SystemExit(f"{pool}: the answer lengths have too few distinct values for three thirds "
+                         f"(cuts {cuts.tolist()}); use a pool with more varied answers")
     if sizes.min() < max(2, args.per_third):
         raise SystemExit(f"{pool}: the answer-length thirds hold {sizes.tolist()} records; --per_third "
                          f"{args.per_third} needs at least that many (and 2) in each, so lower it")
@@ -165,7 +162,7 @@ def main(argv=None) -> int:
         "pool": str(pool), "pool_sha256": sha256_file(pool), "records": len(records), "cuts": cuts.tolist(),
         "third_sizes": sizes.tolist(), "per_third": args.per_third, "ratio": args.ratio,
         "mean_answer_tokens": [float(lengths[pick][lab == b].mean()) for b in range(3)],
-        "warmup": str(warm), "views": {v: view_stats(feats[v], lab) for v in VIEWS},
+        "warmup": str(warm), "warmup_adapter_sha256": adapter_sha256(warm / "adapter"), "views": {v: view_stats(feats[v], lab) for v in VIEWS},
         "selections": {f"mint (alpha {args.alpha:g})": picks_by_third(feats, lab, args.ratio, alpha=args.alpha),
                        "craig (sft view)": picks_by_third(feats, lab, args.ratio, method="craig")},
         "settings": {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("work_dir", "results_dir")},

@@ -302,8 +302,7 @@ def analyse(runs: list[dict], base: dict, dev_tasks: list, *, n_boot: int, seed:
 
     # held-out records in three bins of answer length (tokens learned), so a token-weighted loss
     # that disagrees with the plain mean can be traced to the long answers it weighs most
-    edges = np.unique(np.quantile(tokens, [1 / 3, 2 / 3]))
-    length_bin = np.searchsorted(edges, tokens, side="right")
+    length_bin, edges = length_thirds(tokens)
     masks = [length_bin == b for b in range(len(edges) + 1) if (length_bin == b).any()]
     bins = [{"tokens_min": int(tokens[k].min()), "tokens_max": int(tokens[k].max()), "records": int(k.sum())}
             for k in masks]
@@ -361,6 +360,15 @@ def analyse(runs: list[dict], base: dict, dev_tasks: list, *, n_boot: int, seed:
                              if len(full) > 1 else None}
     return {"rows": table, "base_sft_loss": float(np.mean(base["sft"])), "n_dev": m, "n_boot": n_boot,
             "tasks": len(names) if names else None, "length_bins": bins}
+
+
+def length_thirds(tokens):
+    """Each record's third by answer tokens (0, 1, 2) and the cuts: the 1/3 and 2/3 quantiles, a
+    record on a cut going to the upper third; fewer thirds when the quantiles coincide."""
+    import numpy as np
+
+    edges = np.unique(np.quantile(tokens, [1 / 3, 2 / 3]))
+    return np.searchsorted(edges, tokens, side="right"), edges
 
 
 def subset_answer_tokens(pool_tokens: list[int], subset: dict | None, weighting: str) -> dict:
