@@ -178,4 +178,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from mint.errors import MintError
+
+    try:
+        raise SystemExit(main())
+    except MintError as e:  # bad input or a stale work folder: the message and its fix, not a traceback
+        raise SystemExit(f"length_probe.py: error: {e}") from None

@@ -643,11 +643,21 @@ def main(argv=None) -> int:
     from mint.model.train import read_train_manifest, train_lora
 
     def train_and_score(j, sub) -> dict:
+        from mint.errors import MintError
+
         folder = work / "train" / j["train_key"]
-        train_lora(args.model, data["train"], folder, indices=None if sub is None else sub["indices"],
-                   weights=None if sub is None else sub["weights"], weighting=j["weighting"], epochs=j["epochs"],
-                   lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, lora=lora, seed=j["seed"],
-                   device=args.device, progress=True, **text)  # a finished or interrupted training resumes
+        try:
+            train_lora(args.model, data["train"], folder, indices=None if sub is None else sub["indices"],
+                       weights=None if sub is None else sub["weights"], weighting=j["weighting"],
+                       epochs=j["epochs"], lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                       lora=lora, seed=j["seed"], device=args.device, progress=True,
+                       **text)  # a finished or interrupted training resumes
+        except MintError as e:
+            if "overwrite" not in str(e):
+                raise
+            # a stale folder: train_lora's fix is its overwrite option, which the benchmark does not offer
+            raise MintError(f"{e}\n(it is the benchmark's own work folder: delete {folder} to train "
+                            f"{j['label']}@{j['ratio']:g} seed {j['seed']} again)") from e
         return {**evaluate_into(work / "eval" / j["train_key"], folder / "adapter"),
                 "train_seconds": read_train_manifest(folder).get("train_seconds")}
 
@@ -744,4 +754,9 @@ def _versions() -> dict:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from mint.errors import MintError
+
+    try:
+        raise SystemExit(main())
+    except MintError as e:  # bad input or a stale work folder: the message and its fix, not a traceback
+        raise SystemExit(f"quality.py: error: {e}") from None

@@ -141,6 +141,15 @@ def test_quality_benchmark_smoke_mode(tiny_model_dir, tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "training LoRA" not in again.stderr  # nothing trained twice
+    # a stale training folder (no manifest, not empty): the error names the folder to delete, not an option
+    run_file = next(f for f in (tmp_path / "results" / "ni_mix-smoke" / "runs").glob("*.json")
+                    if f.name != "base.json" and json.loads(f.read_text())["label"] == "pt")
+    folder = next((tmp_path / "work").glob(f"*/train/{json.loads(run_file.read_text())['train_key']}"))
+    (folder / "manifest.json").unlink()
+    run_file.unlink()
+    stale = subprocess.run(cmd + ["--arms", "pt"], capture_output=True, text=True, timeout=200, cwd=tmp_path)
+    assert stale.returncode != 0 and f"delete {folder}" in stale.stderr, stale.stderr[-2000:]
+    assert "Traceback" not in stale.stderr and "quality.py: error:" in stale.stderr
 
 
 def test_length_probe_smoke_mode(tiny_model_dir, tmp_path):
