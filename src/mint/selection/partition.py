@@ -237,14 +237,22 @@ def _run_parts(features, parts, counts, *, plan, alpha, run_exact, compute_error
     if bar is not None:
         bar.close()
     if hasattr(part_cache, "sync"):
-        part_cache.sync()
-        for p in everything:
-            if p not in results:
-                results[p] = part_cache.get(p, prints[p])
-                if results[p] is None:
-                    raise MintError(f"part {p} of the partitioned selection is missing from the shared part store "
-                                    "after every process finished; run the same command again")
+        _read_after_sync(part_cache, {p: prints[p] for p in everything}, results,
+                         lambda p: f"part {p} of the partitioned selection")
     return results
+
+
+def _read_after_sync(part_cache, prints: dict[int, str], results: dict[int, PartResult],
+                     what: Callable[[int], str]) -> None:
+    """Wait until every process sharing `part_cache` has put its slots, then read into `results`
+    the slots of `prints` this process did not compute; a slot still missing is an error."""
+    part_cache.sync()
+    for p, fingerprint in prints.items():
+        if p not in results:
+            results[p] = part_cache.get(p, fingerprint)
+            if results[p] is None:
+                raise MintError(f"{what(p)} is missing from the shared part store after every process finished; "
+                                "run the same command again")
 
 
 def _nearest_overall(features, rows: np.ndarray, selected: np.ndarray, combination: Combination, dtype,
@@ -388,22 +396,21 @@ def _shared_second_round(features, union: np.ndarray, plan, alpha, combination: 
 
     fingerprint = hashlib.sha256(
         b"greedi:" + part_fingerprint(union, sorted(plan.sizes), plan, alpha, compute_errors).encode()).hexdigest()
+    results: dict[int, PartResult] = {}
     found = part_cache.get(slot, fingerprint) if part_cache is not None else None
     mine = getattr(part_cache, "mine", None)
-    if found is None and (mine is None or mine(slot)):
-        found = PartResult(*second_round_select(features, union, plan, combination, block=block,
-                                                compute_errors=compute_errors))
+    if found is not None:
+        results[slot] = found
+    elif mine is None or mine(slot):
+        results[slot] = PartResult(*second_round_select(features, union, plan, combination, block=block,
+                                                        compute_errors=compute_errors))
         if part_cache is not None:
-            part_cache.put(slot, fingerprint, found)
-    elif found is None:
+            part_cache.put(slot, fingerprint, results[slot])
+    else:
         logger.info("second round: computed by another process")
     if hasattr(part_cache, "sync"):
-        part_cache.sync()
-        found = part_cache.get(slot, fingerprint)
-        if found is None:
-            raise MintError("the second round (GreeDi) is missing from the shared part store after every process "
-                            "finished; run the same command again")
-    return found
+        _read_after_sync(part_cache, {slot: fingerprint}, results, lambda _: "the second round (GreeDi)")
+    return results[slot]
 
 
 def second_round_select(features: Mapping[str, Any], candidates: np.ndarray, plan, combination: Combination, *,
