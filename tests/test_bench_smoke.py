@@ -79,6 +79,9 @@ def test_submodlib_comparison_runs_or_names_the_missing_package(tmp_path):
         assert {r["optimizer"] for r in out["rows"]} >= {"mint lazy_greedy (exact)", "submodlib LazyGreedy"}
 
 
+# six quality.py processes in a row (each imports torch and transformers): well inside the
+# suite-wide 240 s on an idle 2-core machine, over it when benchmarks share the cores
+@pytest.mark.timeout(900)
 def test_quality_benchmark_smoke_mode(tiny_model_dir, tmp_path):
     """Every stage of the evidence benchmark on the tiny model: a sitting that trains two arms
     (`--arms`), then every other arm, the table, the plot, and a third call that computes nothing
