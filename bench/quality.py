@@ -25,7 +25,7 @@ Every stage resumes: warm-up and features through their manifests, and each trai
 arm through its small result file under ``bench/results/quality/<tag>/runs`` (kept in git, so a
 later sitting, even on a fresh clone, only computes what is missing). ``--budget_minutes`` stops
 starting new trainings after that long and analyses what exists; ``--arms`` trains only the
-arms named; the jobs run in order of
+arms named (``random`` at every ratio, ``random@0.05`` at one); the jobs run in order of
 importance (two random seeds, the default MINT rule, CRAIG, pt, two more random seeds and the
 full data first, at the decision ratio).
 
@@ -236,6 +236,17 @@ def jobs(args, subsets: list[dict], n: int) -> list[dict]:
                                "epochs": j["epochs"], "train": train_settings(args)})[:16]
         j["key"] = _sha({"label": j["label"], "ratio": j["ratio"], "train_key": j["train_key"]})[:16]
     return out
+
+
+def arm_named(name: str, job: dict) -> bool:
+    """``--arms`` names an arm by its label (every ratio) or by ``label@ratio`` (that ratio only)."""
+    label, _, ratio = name.rpartition("@")
+    if not label:
+        return job["label"] == name
+    try:
+        return job["label"] == label and abs(job["ratio"] - float(ratio)) < 1e-9
+    except ValueError:
+        return False
 
 
 def front_settings(args) -> dict:
@@ -530,8 +541,9 @@ def parse(argv):
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the table says which numbers came from where)")
     p.add_argument("--budget_minutes", type=float, default=0, help="start no training after this long (0 = none)")
     p.add_argument("--arms", nargs="+", metavar="LABEL",
-                   help="train only these arms this sitting, e.g. mint/golden mint/plateau/weighting-none (the "
-                        "table still uses every stored run; arms that picked a trained subset are scored too)")
+                   help="train only these arms this sitting, by label (every ratio) or label@ratio, e.g. "
+                        "mint/golden random@0.05 (the table still uses every stored run; arms that picked a "
+                        "trained subset are scored too)")
     p.add_argument("--only_analyse", action="store_true", help="no computing: the table from the stored runs")
     p.add_argument("--smoke", action="store_true", help="a few records, few arms, one epoch: seconds on a tiny model")
     p.add_argument("--tag", help="names the work and result folders (default: the data set)")
@@ -615,10 +627,10 @@ def main(argv=None) -> int:
         raise SystemExit(f"no selections at {sel_file}: run without --only_analyse first")
 
     todo = jobs(args, selections["subsets"], selections["n"])
-    unknown = sorted(set(args.arms or ()) - {j["label"] for j in todo})
+    unknown = sorted(a for a in args.arms or () if not any(arm_named(a, j) for j in todo))
     if unknown:  # a misspelt label would otherwise train nothing, silently
         raise SystemExit(f"--arms: no arm is named {', '.join(unknown)}; the arms are "
-                         f"{', '.join(sorted({j['label'] for j in todo}))}")
+                         f"{', '.join(sorted({j['label'] for j in todo}))} (LABEL or LABEL@RATIO, e.g. random@0.05)")
     loaded = None
     dev_sha = _sha(data["dev"].read_text(encoding="utf-8"))
 
@@ -674,7 +686,7 @@ def main(argv=None) -> int:
             continue
         sub = j["subset"]
         twin = next((r for r in stored.values() if r.get("train_key") == j["train_key"]), None)
-        if twin is None and args.arms and j["label"] not in args.arms:
+        if twin is None and args.arms and not any(arm_named(a, j) for a in args.arms):
             continue
         if twin is None and args.budget_minutes and time.perf_counter() - t_start > 60 * args.budget_minutes:
             if not spent:

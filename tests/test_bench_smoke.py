@@ -98,15 +98,18 @@ def test_quality_benchmark_smoke_mode(tiny_model_dir, tmp_path):
     cmd = [sys.executable, str(REPO / "bench" / "quality.py"), "--smoke", "--model", str(tiny_model_dir), "--pool",
            str(tmp_path / "pool.jsonl"), "--dev", str(tmp_path / "dev.jsonl"), "--work_dir", str(tmp_path / "work"),
            "--results_dir", str(tmp_path / "results"), "--threads", "1"]
-    typo = subprocess.run(cmd + ["--arms", "randm"], capture_output=True, text=True, timeout=200, cwd=tmp_path)
-    assert typo.returncode != 0 and "no arm is named randm" in typo.stderr and "mint/plateau" in typo.stderr
-    some = subprocess.run(cmd + ["--arms", "random", "pt"], capture_output=True, text=True, timeout=200, cwd=tmp_path)
+    typo = subprocess.run(cmd + ["--arms", "randm", "pt@0.3", "pt"], capture_output=True, text=True, timeout=200,
+                          cwd=tmp_path)  # a label, a ratio the arm does not have
+    assert typo.returncode != 0 and "no arm is named pt@0.3, randm;" in typo.stderr and "mint/plateau" in typo.stderr
+    some = subprocess.run(cmd + ["--arms", "random", "pt@0.1"], capture_output=True, text=True, timeout=200,
+                          cwd=tmp_path)  # random at every ratio, pt at one
     assert some.returncode == 0, some.stderr[-3000:]
     res = json.loads((tmp_path / "results" / "ni_mix-smoke" / "result.json").read_text())
     assert 0 < res["runs_done"] < res["runs_total"]
     first_settings = res["settings"]
-    assert "arms" not in first_settings and res["written_by"].endswith("--arms random pt")
-    assert all(m.split("@")[0] not in ("random", "pt") for m in res["missing"]) and "craig@0.1 seed 0" in res["missing"]
+    assert "arms" not in first_settings and res["written_by"].endswith("--arms random pt@0.1")
+    assert all(m.split("@")[0] != "random" for m in res["missing"]) and "craig@0.1 seed 0" in res["missing"]
+    assert "pt@0.2 seed 0" in res["missing"] and "pt@0.1 seed 0" not in res["missing"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     res = json.loads((tmp_path / "results" / "ni_mix-smoke" / "result.json").read_text())
