@@ -399,15 +399,16 @@ def _shared_second_round(features, union: np.ndarray, plan, alpha, combination: 
     results: dict[int, PartResult] = {}
     found = part_cache.get(slot, fingerprint) if part_cache is not None else None
     mine = getattr(part_cache, "mine", None)
+    owner = mine is None or mine(slot)
+    if not owner:  # said whether or not the owner has already stored it when this process looks
+        logger.info("second round: computed by another process")
     if found is not None:
         results[slot] = found
-    elif mine is None or mine(slot):
+    elif owner:
         results[slot] = PartResult(*second_round_select(features, union, plan, combination, block=block,
                                                         compute_errors=compute_errors))
         if part_cache is not None:
             part_cache.put(slot, fingerprint, results[slot])
-    else:
-        logger.info("second round: computed by another process")
     if hasattr(part_cache, "sync"):
         _read_after_sync(part_cache, {slot: fingerprint}, results, lambda _: "the second round (GreeDi)")
     return results[slot]
