@@ -27,7 +27,8 @@ later sitting, even on a fresh clone, only computes what is missing). ``--budget
 starting new trainings after that long and analyses what exists; ``--arms`` trains only the
 arms named (``random`` at every ratio, ``random@0.05`` at one); the jobs run in order of
 importance (two random seeds, the default MINT rule, CRAIG, pt, two more random seeds and the
-full data first, at the decision ratio).
+full data first, at the decision ratio). ``--more_seeds mint/golden@0.05`` trains another arm with
+the extra training seeds of the default rule too (it changes the table, so it is a setting).
 
     .venv/bin/python bench/quality.py --dataset ni_mix                 # the recorded run (hours on a 2-core CPU)
     .venv/bin/python bench/quality.py --dataset alpaca_gpt4
@@ -222,6 +223,11 @@ def jobs(args, subsets: list[dict], n: int) -> list[dict]:
             job("random", ratio, by[("random", ratio, s)], weighting="none")
         for seed in args.mint_train_seeds[1:]:
             job(default, ratio, by[(default, ratio, None)], seed=seed)
+        for label in sorted({lab for (lab, r, s) in by if r == ratio and s is None and lab != default and any(
+                arm_named(a, {"label": lab, "ratio": ratio}) for a in args.more_seeds)}):
+            for seed in args.mint_train_seeds[1:]:  # a rival whose lead one seed cannot settle
+                job(label, ratio, by[(label, ratio, None)], seed=seed,
+                    weighting="none" if label.endswith("unweighted") else "loss")
         if ratio == args.decision_ratio:
             for w in ("sampling", "none"):
                 job(f"{default}/weighting-{w}", ratio, by[(default, ratio, None)], weighting=w)
@@ -247,6 +253,15 @@ def arm_named(name: str, job: dict) -> bool:
         return job["label"] == label and abs(job["ratio"] - float(ratio)) < 1e-9
     except ValueError:
         return False
+
+
+def check_more_seeds(names, todo: list[dict]) -> tuple[list[str], list[str]]:
+    """The ``--more_seeds`` names that match no selected arm, and the labels that could: random and
+    stratified arms differ by their draws (``--random_seeds``), the full data by ``--full_seeds``."""
+    seeded = {(j["label"], j["ratio"]) for j in todo if j["subset"] is not None and j["subset"].get("seed") is None
+              and j["subset"]["label"] == j["label"]}  # not the weighting arms, which reuse the default's subset
+    bad = sorted(a for a in names if not any(arm_named(a, {"label": lab, "ratio": r}) for lab, r in seeded))
+    return bad, sorted({lab for lab, _ in seeded})
 
 
 def front_settings(args) -> dict:
@@ -520,6 +535,9 @@ def parse(argv):
     p.add_argument("--stratified_seeds", type=int, nargs="*", default=[0, 1, 2])
     p.add_argument("--mint_train_seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--full_seeds", type=int, nargs="*", default=[0, 1, 2])
+    p.add_argument("--more_seeds", nargs="*", default=[], metavar="LABEL",
+                   help="other selected arms (LABEL or LABEL@RATIO, e.g. mint/golden@0.05) also trained with "
+                        "--mint_train_seeds, like the default MINT rule")
     p.add_argument("--full_epochs", type=float, default=1.0)
     p.add_argument("--preheat_ratio", type=float, default=0.3)
     p.add_argument("--warmup_ratio", type=float, default=0.05)
@@ -628,6 +646,10 @@ def main(argv=None) -> int:
 
     todo = jobs(args, selections["subsets"], selections["n"])
     unknown = sorted(a for a in args.arms or () if not any(arm_named(a, j) for j in todo))
+    unseedable, seedable = check_more_seeds(args.more_seeds, todo)
+    if unseedable:
+        raise SystemExit(f"--more_seeds: no selected arm is named {', '.join(unseedable)}; they are "
+                         f"{', '.join(seedable)} (LABEL or LABEL@RATIO)")
     if unknown:  # a misspelt label would otherwise train nothing, silently
         raise SystemExit(f"--arms: no arm is named {', '.join(unknown)}; the arms are "
                          f"{', '.join(sorted({j['label'] for j in todo}))} (LABEL or LABEL@RATIO, e.g. random@0.05)")
