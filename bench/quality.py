@@ -198,7 +198,8 @@ def jobs(args, subsets: list[dict], n: int) -> list[dict]:
     by = {(s["label"], s["ratio"], s.get("seed")): s for s in subsets}
     out: list[dict] = []
 
-    def job(label, ratio, subset, *, weighting="loss", seed=args.seed, epochs=args.epochs):
+    def job(label, ratio, subset, *, weighting=None, seed=args.seed, epochs=args.epochs):
+        weighting = weighting or ("none" if label.endswith("unweighted") else "loss")  # the arm's own, unless said
         out.append({"label": label, "ratio": ratio, "subset": subset, "weighting": weighting, "seed": seed,
                     "epochs": epochs})
 
@@ -215,7 +216,7 @@ def jobs(args, subsets: list[dict], n: int) -> list[dict]:
             for seed in args.full_seeds[:1]:
                 job("full", 1.0, None, weighting="none", seed=seed, epochs=args.full_epochs)
         for label in ("ifl", "craig/unweighted") + tuple(f"mint/{m}" for m in args.alpha_methods[1:]):
-            job(label, ratio, by[(label, ratio, None)], weighting="none" if label.endswith("unweighted") else "loss")
+            job(label, ratio, by[(label, ratio, None)])
         for s in args.stratified_seeds:
             if ("stratified", ratio, s) in by:
                 job("stratified", ratio, by[("stratified", ratio, s)], weighting="none")
@@ -226,8 +227,7 @@ def jobs(args, subsets: list[dict], n: int) -> list[dict]:
         for label in sorted({lab for (lab, r, s) in by if r == ratio and s is None and lab != default and any(
                 arm_named(a, {"label": lab, "ratio": ratio}) for a in args.more_seeds)}):
             for seed in args.mint_train_seeds[1:]:  # a rival whose lead one seed cannot settle
-                job(label, ratio, by[(label, ratio, None)], seed=seed,
-                    weighting="none" if label.endswith("unweighted") else "loss")
+                job(label, ratio, by[(label, ratio, None)], seed=seed)
         if ratio == args.decision_ratio:
             for w in ("sampling", "none"):
                 job(f"{default}/weighting-{w}", ratio, by[(default, ratio, None)], weighting=w)
