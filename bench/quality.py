@@ -283,8 +283,10 @@ def train_settings(args) -> dict:
 # Statistics
 
 
-def analyse(runs: list[dict], base: dict, dev_tasks: list, *, n_boot: int, seed: int) -> dict:
-    """Per (label, ratio): the paired differences against the random mean, with bootstrap intervals."""
+def analyse(runs: list[dict], base: dict, dev_tasks: list, *, n_boot: int, seed: int, rule: str | None = None) -> dict:
+    """Per (label, ratio): the paired differences against the random mean, with bootstrap intervals;
+    with `rule` (the default MINT arm's label), every other `mint/` arm also against that arm at its
+    ratio (`vs_rule`), the direct test of a default."""
     import numpy as np
 
     groups: dict[tuple, list[dict]] = {}
@@ -375,6 +377,12 @@ def analyse(runs: list[dict], base: dict, dev_tasks: list, *, n_boot: int, seed:
                 gap = (rmean - full_loss)
                 num, den = (rmean - a)[boots].mean(axis=1), gap[boots].mean(axis=1)
                 row["gap_closed"] = interval((rmean - a).mean() / gap.mean(), num / den)
+            ref = groups.get((rule, ratio))
+            if ref and label != rule and label.startswith("mint/"):
+                dr = a - mean_loss(ref)
+                pr, br = stats(dr, ident), stats(dr, boots)
+                row["vs_rule"] = {"label": rule, "runs": len(ref),
+                                  **{f"delta_{key}": interval(pr[key], br[key]) for key in ("mean", "token")}}
             for key in ("alpha", "e_pt", "e_ifl", "coverage"):
                 row[key] = rs[0].get(key)
             table[f"{label}@{ratio}"] = row
@@ -462,6 +470,16 @@ def markdown(result: dict) -> str:
             lines.append(f"| {row['ratio']:g} | {row['label']} | "
                          + (f"{t['mean']:.1f} / {t['as_trained']:.1f}" if t else "") + " | "
                          + " | ".join(ci(x) for x in row["delta_by_length"]) + " |")
+    versus = [row for row in sorted(a["rows"].values(), key=lambda r: (r["ratio"], r["label"]))
+              if row.get("vs_rule")]
+    if versus:
+        lines += ["", f"Against the default rule ({versus[0]['vs_rule']['label']}, its training seeds averaged per "
+                  "record): the paired difference, arm minus rule; negative = the arm is better.", "",
+                  "| ratio | arm | runs | rule runs | vs rule: mean | token-weighted |", "|---:|---|---:|---:|---|---|"]
+        for row in versus:
+            v = row["vs_rule"]
+            lines.append(f"| {row['ratio']:g} | {row['label']} | {row['runs']} | {v['runs']} | "
+                         f"{ci(v['delta_mean'])} | {ci(v['delta_token'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -759,7 +777,8 @@ def main(argv=None) -> int:
               "written_by": " ".join(["bench/quality.py", *(sys.argv[1:] if argv is None else argv)]),
               "n": selections["n"], "truncation": base.get("truncation"), "runs_done": len(runs),
               "runs_total": len(todo), "missing": missing,
-              "analysis": analyse(runs, base, data["dev_tasks"], n_boot=args.n_boot, seed=args.seed),
+              "analysis": analyse(runs, base, data["dev_tasks"], n_boot=args.n_boot, seed=args.seed,
+                                  rule=f"mint/{args.alpha_methods[0]}"),
               "selection_stage_seconds": selections.get("stage_seconds"), "versions": _versions()}
     atomic_write_json(results / "result.json", result)
     table = markdown(result)

@@ -51,3 +51,29 @@ def test_more_seeds_names_must_be_selected_arms(quality):
                                         "mint/plateau/proj8192@0.1"], todo)
     assert bad == ["full", "mint/plateau/weighting-none", "pt@0.3", "random"]
     assert "mint/golden" in ok and "random" not in ok and "full" not in ok
+
+
+def test_analyse_compares_other_mint_arms_with_the_default_rule(quality):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    m = 60
+    tasks = [f"t{i % 6}" for i in range(m)]
+
+    def run(label, seed, shift):
+        return {"label": label, "ratio": 0.1, "seed": seed, "k": 5, "sft": list(2.0 + shift + 0.1 * rng.random(m)),
+                "exact_match": [None] * m}
+
+    runs = [run("random", s, 0.0) for s in range(3)] + [run("mint/plateau", s, 0.05) for s in range(2)]
+    runs += [run("mint/golden", 0, -0.05), run("craig", 0, 0.0)]
+    base = {"sft": [3.0] * m, "tokens": list(rng.integers(1, 20, size=m))}
+    rows = quality.analyse(runs, base, tasks, n_boot=200, seed=0, rule="mint/plateau")["rows"]
+    want = np.mean(runs[5]["sft"]) - np.mean([runs[3]["sft"], runs[4]["sft"]], axis=0).mean()
+    got = rows["mint/golden@0.1"]["vs_rule"]
+    assert got["label"] == "mint/plateau" and got["runs"] == 2
+    assert got["delta_mean"]["value"] == pytest.approx(want)
+    assert got["delta_mean"]["lo"] <= want <= got["delta_mean"]["hi"] and got["delta_mean"]["hi"] < 0
+    assert "vs_rule" not in rows["mint/plateau@0.1"] and "vs_rule" not in rows["craig@0.1"]
+    assert "vs_rule" not in quality.analyse(runs, base, tasks, n_boot=50, seed=0)["rows"]["mint/golden@0.1"]
+    text = quality.markdown({"analysis": quality.analyse(runs, base, tasks, n_boot=50, seed=0, rule="mint/plateau")})
+    assert "Against the default rule (mint/plateau" in text and "| 0.1 | mint/golden | 1 | 2 |" in text
