@@ -57,7 +57,8 @@ def test_scan_workers_end_with_their_parent(big_features, tmp_path, signum):
     # output to files: a surviving worker would hold a pipe open (`mint select | tee` never returned)
     with open(err_path, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "mint", "select", "--features", str(big_features),
-                                 "--output_dir", str(out), "--ratios", "0.2", "--n_jobs", "2", "--no_progress"],
+                                 "--output_dir", str(out), "--ratios", "0.2", "--n_jobs", "2", "--no_progress",
+                                 "--alpha_method", "plateau"],  # the parallel grid scan
                                 stdout=subprocess.DEVNULL, stderr=err,
                                 env=dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1"))
     workers: list[int] = []

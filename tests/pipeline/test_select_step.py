@@ -47,9 +47,20 @@ def _select(features, out, *extra):
                  "--no_progress", "--ratios", "0.05", "0.1", *map(str, extra)])
 
 
+def test_default_alpha_rule_is_golden(npy_dir, tmp_path):
+    """The default automatic alpha is BRIEF's golden search (the evidence benchmark's decision)."""
+    out = tmp_path / "out"
+    assert _select(npy_dir, out) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["alpha_method"] == "golden" and 0 < summary["alpha"] < 1
+    rows = list(csv.DictReader(open(out / "alpha_curve.csv")))
+    assert 2 < len(rows) < 174 and sum(int(r["chosen"]) for r in rows) == 1
+    assert (out / "plateau.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_end_to_end_outputs(npy_dir, data_file, tmp_path):
     out = tmp_path / "out"
-    assert _select(npy_dir, out, "--data", data_file) == 0
+    assert _select(npy_dir, out, "--data", data_file, "--alpha_method", "plateau") == 0
     names = {p.name for p in out.iterdir()}
     assert {"coreset_0.05.npz", "coreset_0.10.npz", "coreset_0.05.jsonl", "coreset_0.10.jsonl", "alpha_curve.csv",
             "pareto.png", "plateau.png", "summary.json", "summary.txt", "selection.npz", "run.json"} <= names

@@ -52,19 +52,50 @@ def _plateau(alphas, e_ifl):
     return alphas[(high or starts or [len(alphas) - 1])[0]]
 
 
-def plain_mint(feats, ratios, preheat=0.3, seed=0):
+def _golden(f, lo=0.001, hi=0.999, tol=1e-3, max_iter=40):
+    """BRIEF's search written out (the textbook form: the surviving inner point is kept, one new
+    point per step); points rounded to 6 decimals; the best point evaluated wins, the smaller
+    alpha on a tie (E_PT + E_IFL is a step function of alpha, so ties are common)."""
+    r = (5 ** 0.5 - 1) / 2
+    seen = {}
+
+    def val(x):
+        x = round(x, 6)
+        if x not in seen:
+            seen[x] = f(x)
+        return seen[x]
+
+    c, d = hi - r * (hi - lo), lo + r * (hi - lo)
+    for _ in range(max_iter):
+        if hi - lo <= tol:
+            break
+        if val(c) <= val(d):  # the minimum is left of d
+            hi, d = d, c
+            c = hi - r * (hi - lo)
+        else:
+            lo, c = c, d
+            d = lo + r * (hi - lo)
+    val(c), val(d)
+    return min(seen, key=lambda x: (seen[x], x))
+
+
+def plain_mint(feats, ratios, preheat=0.3, seed=0, rule="plateau"):
     n = len(feats["pt"])
     n_pre = max(2, round(preheat * n))
     pre = np.random.default_rng(seed).choice(n, n_pre, replace=False)
     k_pre = max(1, round(max(ratios) * n_pre))
     d_pt, d_ifl = _dist(feats["pt"][pre]), _dist(feats["ifl"][pre])
-    alphas = alpha_grid()
-    e_ifl = []
-    for a in alphas:
+
+    def errors(a):
         D = d_pt / a + d_ifl / (1 - a)
         order = _greedy(D.max() - D, k_pre)
-        e_ifl.append(d_ifl[:, order].min(axis=1).sum())
-    a = _plateau(alphas, e_ifl)
+        return d_pt[:, order].min(axis=1).sum(), d_ifl[:, order].min(axis=1).sum()
+
+    if rule == "golden":
+        a = _golden(lambda x: sum(errors(x)))
+    else:
+        alphas = alpha_grid()
+        a = _plateau(alphas, [errors(x)[1] for x in alphas])
     D = _dist(feats["pt"]) / a + _dist(feats["ifl"]) / (1 - a)
     S = D.max() - D
     order = _greedy(S, max(1, round(max(ratios) * n)))
@@ -78,8 +109,20 @@ def plain_mint(feats, ratios, preheat=0.3, seed=0):
 def test_float64_matches_plain_reference():
     feats = make_features(n=70, seed=3)
     ratios = [0.05, 0.1, 0.2]
-    res = select_coreset(feats, ratios=ratios, dtype="float64", n_jobs=1, progress=False)
+    res = select_coreset(feats, ratios=ratios, dtype="float64", alpha_method="plateau", n_jobs=1, progress=False)
     a, order, weights = plain_mint(feats, ratios)
+    assert res.alpha == a
+    np.testing.assert_array_equal(res.order, order)
+    for r in ratios:
+        np.testing.assert_array_equal(res.subsets[r].weights, weights[r])
+
+
+def test_default_rule_is_golden_and_matches_plain_reference():
+    feats = make_features(n=70, seed=3)
+    ratios = [0.05, 0.1, 0.2]
+    res = select_coreset(feats, ratios=ratios, dtype="float64", n_jobs=1, progress=False)
+    assert res.alpha_method == "golden" and res.curve.method == "golden"
+    a, order, weights = plain_mint(feats, ratios, rule="golden")
     assert res.alpha == a
     np.testing.assert_array_equal(res.order, order)
     for r in ratios:
@@ -91,7 +134,7 @@ def test_float64_matches_plain_reference():
 
 def test_contract_fields_prefixes_and_weights():
     feats = make_features()
-    res = select_coreset(feats, ratios=[0.15, 0.05, 0.1], n_jobs=1, progress=False)
+    res = select_coreset(feats, ratios=[0.15, 0.05, 0.1], alpha_method="plateau", n_jobs=1, progress=False)
     assert isinstance(res, SelectionResult)
     assert 0 < res.alpha < 1 and res.alpha in alpha_grid()
     assert res.order.dtype == np.int64 and res.gains.dtype == np.float64
