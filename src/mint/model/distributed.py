@@ -4,6 +4,7 @@ run`), and `run_alone`, a single-process run from inside the job. Started by tor
 mint: a process without WORLD_SIZE > 1 is rank 0 of 1 and imports nothing."""
 from __future__ import annotations
 
+import atexit
 import os
 
 from typing import Any, Callable
@@ -28,7 +29,21 @@ def process_group(backend: str | None = None):
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         # ranks wait for each other at the merge; shards and parts can take hours on big data sets
         dist.init_process_group(backend, timeout=datetime.timedelta(hours=12))
+        atexit.register(_destroy_group)
     return dist.get_rank(), dist.get_world_size(), dist
+
+
+def _destroy_group() -> None:
+    """Tear the group down before the interpreter does: a process that exits with gloo's or NCCL's
+    threads still running can abort ("terminate called without an active exception", SIGABRT)
+    after its work is done, and torchrun then reports the whole job as failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # exiting anyway; the exit status is the work's, not the teardown's
+            pass
 
 
 def barrier(dist) -> None:
