@@ -47,10 +47,10 @@ def _select(features, out, *extra):
                  "--no_progress", "--ratios", "0.05", "0.1", *map(str, extra)])
 
 
-def test_default_alpha_rule_is_golden(npy_dir, tmp_path):
-    """The default automatic alpha is BRIEF's golden search (the evidence benchmark's decision)."""
+def test_golden_alpha_rule_end_to_end(npy_dir, tmp_path):
+    """BRIEF's golden search: its evaluated alphas make the curve; the plots are written too."""
     out = tmp_path / "out"
-    assert _select(npy_dir, out) == 0
+    assert _select(npy_dir, out, "--alpha_method", "golden") == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["alpha_method"] == "golden" and 0 < summary["alpha"] < 1
     rows = list(csv.DictReader(open(out / "alpha_curve.csv")))
@@ -60,7 +60,7 @@ def test_default_alpha_rule_is_golden(npy_dir, tmp_path):
 
 def test_end_to_end_outputs(npy_dir, data_file, tmp_path):
     out = tmp_path / "out"
-    assert _select(npy_dir, out, "--data", data_file, "--alpha_method", "plateau") == 0
+    assert _select(npy_dir, out, "--data", data_file) == 0  # the default rule: plateau
     names = {p.name for p in out.iterdir()}
     assert {"coreset_0.05.npz", "coreset_0.10.npz", "coreset_0.05.jsonl", "coreset_0.10.jsonl", "alpha_curve.csv",
             "pareto.png", "plateau.png", "summary.json", "summary.txt", "selection.npz", "run.json"} <= names
@@ -77,6 +77,7 @@ def test_end_to_end_outputs(npy_dir, data_file, tmp_path):
     assert len(rows) == 174 and sum(int(r["chosen"]) for r in rows) == 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == N and summary["method"] == "mint" and 0 < summary["alpha"] < 1
+    assert summary["alpha_method"] == "plateau"
     assert [s["k"] for s in summary["subsets"]] == [4, 8]
     assert summary["subsets"][0]["e_pt"] > summary["subsets"][1]["e_pt"]
     assert summary["data"]["records"] == N and set(summary["inputs"]["sha256"]) == {"sft", "pt", "ifl"}

@@ -109,7 +109,8 @@ def plain_mint(feats, ratios, preheat=0.3, seed=0, rule="plateau"):
 def test_float64_matches_plain_reference():
     feats = make_features(n=70, seed=3)
     ratios = [0.05, 0.1, 0.2]
-    res = select_coreset(feats, ratios=ratios, dtype="float64", alpha_method="plateau", n_jobs=1, progress=False)
+    res = select_coreset(feats, ratios=ratios, dtype="float64", n_jobs=1, progress=False)  # the default: plateau
+    assert res.alpha_method == "plateau"
     a, order, weights = plain_mint(feats, ratios)
     assert res.alpha == a
     np.testing.assert_array_equal(res.order, order)
@@ -117,10 +118,10 @@ def test_float64_matches_plain_reference():
         np.testing.assert_array_equal(res.subsets[r].weights, weights[r])
 
 
-def test_default_rule_is_golden_and_matches_plain_reference():
+def test_golden_rule_matches_plain_reference():
     feats = make_features(n=70, seed=3)
     ratios = [0.05, 0.1, 0.2]
-    res = select_coreset(feats, ratios=ratios, dtype="float64", n_jobs=1, progress=False)
+    res = select_coreset(feats, ratios=ratios, dtype="float64", alpha_method="golden", n_jobs=1, progress=False)
     assert res.alpha_method == "golden" and res.curve.method == "golden"
     a, order, weights = plain_mint(feats, ratios, rule="golden")
     assert res.alpha == a
@@ -134,7 +135,7 @@ def test_default_rule_is_golden_and_matches_plain_reference():
 
 def test_contract_fields_prefixes_and_weights():
     feats = make_features()
-    res = select_coreset(feats, ratios=[0.15, 0.05, 0.1], alpha_method="plateau", n_jobs=1, progress=False)
+    res = select_coreset(feats, ratios=[0.15, 0.05, 0.1], n_jobs=1, progress=False)
     assert isinstance(res, SelectionResult)
     assert 0 < res.alpha < 1 and res.alpha in alpha_grid()
     assert res.order.dtype == np.int64 and res.gains.dtype == np.float64

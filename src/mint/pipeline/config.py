@@ -141,8 +141,7 @@ class SelectionConfig:
                                      "of one greedy order")
     method: str = _f("mint", "mint | craig (SFT distances only) | pt | ifl | random", choices=choices.METHODS)
     alpha: float | None = _f(None, "MINT trade-off a in (0, 1) for D = d_PT/a + d_IFL/(1-a); empty = automatic")
-    alpha_method: str = _f("golden", "automatic alpha: golden (BRIEF; the default since the evidence benchmark) | "
-                                     "plateau (MINT reference) | plateau_scaled",
+    alpha_method: str = _f("plateau", "automatic alpha: plateau (MINT reference) | plateau_scaled | golden (BRIEF)",
                            choices=choices.ALPHA_METHODS)
     coef: list[float] | None = _f(None, "explicit distance coefficients [c_sft, c_pt, c_ifl] instead of alpha")
     preheat_ratio: float = _f(0.3, "fraction of the data pre-sampled for the automatic alpha search")

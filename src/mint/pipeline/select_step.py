@@ -181,7 +181,7 @@ def run_selection(
     ratios: Sequence[float] = (0.05,),
     method: str = "mint",
     alpha: float | None = None,
-    alpha_method: str = "golden",
+    alpha_method: str = "plateau",
     coef: Sequence[float] | None = None,
     preheat_ratio: float = 0.3,
     preheat_max: int = 10_000,

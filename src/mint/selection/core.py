@@ -329,7 +329,7 @@ def select_coreset(
     ratios: Sequence[float] = (0.05,),  # the config default `selection.ratios`
     method: str = "mint",
     alpha: float | None = None,
-    alpha_method: str = "golden",
+    alpha_method: str = "plateau",
     coef: Sequence[float] | None = None,
     preheat_ratio: float = 0.3,  # the reference's pre-sample: 30% of N
     seed: int = 0,
