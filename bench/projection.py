@@ -170,8 +170,7 @@ def distortion(args) -> dict:
 
     def select(feats):
         normalized = {k: normalize_rows(v) for k, v in feats.items()}
-        result = select_coreset(normalized, ratios=[args.ratio], seed=0, n_jobs=1, progress=False,
-                                alpha_method="plateau")  # the rule these measurements were taken with
+        result = select_coreset(normalized, ratios=[args.ratio], seed=0, n_jobs=1, progress=False)
         return result, normalized
 
     exact, exact_norm = select(raw)

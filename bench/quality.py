@@ -548,9 +548,8 @@ def parse(argv):
     p.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1])
     p.add_argument("--decision_ratio", type=float, default=0.1)
     p.add_argument("--alpha_methods", nargs="+", default=["plateau", "plateau_scaled", "golden"],
-                   help="the first is the default rule (trained with several seeds and weightings, and the "
-                        "one the other MINT arms are compared with); plateau, the library default when the "
-                        "stored results were measured")
+                   help="the first is the default rule (the library's: plateau), trained with several seeds and "
+                        "weightings and compared with the other MINT arms")
     p.add_argument("--random_seeds", type=int, nargs="+", default=list(range(8)))
     p.add_argument("--stratified_seeds", type=int, nargs="*", default=[0, 1, 2])
     p.add_argument("--mint_train_seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -2,9 +2,7 @@
 
 Synthetic clustered features: a Gaussian mixture per kind (fixed seed, separate cluster
 labels for PT and IFL), rows L2-normalised. For one (N, D) it times `select_coreset` with
-automatic alpha (plateau, ratios 0.05/0.1/0.15, preheat 0.3, both cores; every automatic
-selection here uses the plateau rule, the library default when these measurements were taken
-and the one `--exactness` and `--vs_plain` write out), the bare PT + IFL
+automatic alpha (plateau, ratios 0.05/0.1/0.15, preheat 0.3, both cores), the bare PT + IFL
 distance computation (the floor), and reports peak memory and the stage times the engine logs.
 `--exactness` instead compares the engine with a straightforward dense float64 implementation.
 As `mint select` does, the memory available now is passed as the engine's memory limit.
@@ -48,14 +46,6 @@ import time
 import numpy as np
 
 RATIOS = [0.05, 0.1, 0.15]
-
-
-def select_coreset(features, **kw):
-    """`mint.select_coreset` with `alpha_method="plateau"` unless told otherwise (module docstring)."""
-    from mint import select_coreset as select
-
-    kw.setdefault("alpha_method", "plateau")
-    return select(features, **kw)
 
 
 def make_features(n: int, d: int, seed: int = 0, clusters=(64, 40), spread: float = 1.0, folder=None) -> dict:
@@ -189,6 +179,7 @@ def _compare(feats, base, other, n: int) -> list[dict]:
 
 
 def run_partition_quality(n: int, d: int, seed: int, n_jobs: int | None, partition_size: int) -> dict:
+    from mint import select_coreset
 
     feats = make_features(n, d, seed)
     out = {"n": n, "d": d, "seed": seed, "partition_size": partition_size, "ratios": RATIOS}
@@ -218,6 +209,7 @@ def run_partition_quality(n: int, d: int, seed: int, n_jobs: int | None, partiti
 def run_float16_effect(n: int, d: int, seed: int, n_jobs: int | None) -> dict:
     """The selection from float16-stored normalised features against float32 (automatic alpha
     on each), scored on the float32 features."""
+    from mint import select_coreset
 
     feats = make_features(n, d, seed)
     half = {k: X.astype(np.float16) for k, X in feats.items()}
@@ -229,6 +221,7 @@ def run_float16_effect(n: int, d: int, seed: int, n_jobs: int | None) -> dict:
 
 def run_timing(n: int, d: int, seed: int, n_jobs: int | None, skip_floor: bool, alpha: float | None = None,
                strategy: str = "auto", partition_size: int = 20_000, mmap_dir=None, engine: str = "auto") -> dict:
+    from mint import select_coreset
     from mint.selection.distances import alpha_combination, combined_distances
 
     t = time.perf_counter()
@@ -343,6 +336,7 @@ def dense_reference(feats: dict, seed: int = 0, preheat: float = 0.3, greedy=_de
 def run_vs_plain(n: int, d: int, seed: int, n_jobs: int | None) -> dict:
     """The engine (numba and numpy kernels) against the plain float64 lazy greedy with a heap,
     each on the whole automatic selection of the same features."""
+    from mint import select_coreset
 
     feats = make_features(n, d, seed)
     out = {"n": n, "d": d, "seed": seed, "n_jobs": n_jobs, "load_before": os.getloadavg()}
@@ -425,6 +419,7 @@ def result_digest(res) -> str:
 
 
 def run_golden(engine: str, max_n: int) -> dict:
+    from mint import select_coreset
 
     out = {"engine": engine, "hashes": {}}
     for name, (n, d, variant, kw) in GOLDEN_CASES.items():
@@ -437,6 +432,7 @@ def run_golden(engine: str, max_n: int) -> dict:
 
 
 def run_exactness(n: int, d: int, seed: int, n_jobs: int | None) -> dict:
+    from mint import select_coreset
 
     feats = make_features(n, d, seed)
     t = time.perf_counter()
